@@ -1,0 +1,33 @@
+# Everything a fresh machine needs, from two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup postgres demo test lint clean
+
+setup: $(STAMP) postgres
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+# The PostgreSQL server and client binaries (Debian: installed when missing and we are root).
+postgres:
+	@bash scripts/ensure-postgres
+
+demo: setup
+	$(BIN)/python examples/demo.py
+
+test: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check deployctl tests examples
+	$(BIN)/mypy deployctl
+
+clean:
+	-$(BIN)/python -m deployctl.localpg destroy .demo/pg
+	rm -rf .demo .deployctl

@@ -1,0 +1,1 @@
+"""deployctl: blue-green releases and rollbacks that lose no user action."""

@@ -1,0 +1,5 @@
+"""`python -m deployctl` runs the CLI."""
+
+from deployctl.cli import main
+
+main()

@@ -1,0 +1,221 @@
+"""The command line: parses, calls the engine, prints. The work is in engine.py and below.
+
+Exit codes: 0 released (or done); 1 failed and rolled back cleanly; 2 bad input, nothing
+touched; 3 rollback failed, a human is needed; 4 another release holds the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from deployctl import engine, playbook
+from deployctl.errors import EXIT_OK, EXIT_ROLLBACK_FAILED, DeployctlError
+from deployctl.journal import OPEN_STATUSES, Journal
+from deployctl.log import configure
+from deployctl.redact import redact
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[], str]) -> None:
+    if as_json:
+        click.echo(redact(json.dumps(data, indent=2, default=str)))
+    else:
+        click.echo(redact(text()))
+
+
+def _errors(func: Callable[..., int | None]) -> Callable[..., None]:
+    """One line a user can act on, and the exit code of the contract."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        ctx = click.get_current_context()
+        debug = bool(ctx.find_root().params.get("debug"))
+        try:
+            code = func(*args, **kwargs) or EXIT_OK
+        except DeployctlError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(redact(f"error: {exc}"), err=True)
+            code = exc.exit_code
+        except Exception as exc:  # a bug or an outage: say so, then leave resume to a human
+            if debug:
+                traceback.print_exc()
+            click.echo(redact(f"error: {type(exc).__name__}: {exc} (rerun with --debug for "
+                              "the traceback; `deployctl status` shows where the release is)"),
+                       err=True)
+            code = EXIT_ROLLBACK_FAILED
+        sys.exit(code)
+
+    return wrapper
+
+
+def _state_dsn(pb_path: str | None, state_dsn: str | None) -> str:
+    if state_dsn:
+        return state_dsn
+    if pb_path:
+        return engine.state_dsn(playbook.load(pb_path))
+    raise click.UsageError("name the state database: --playbook FILE or --state-dsn DSN "
+                           "(or DEPLOYCTL_STATE_DSN)")
+
+
+def _app(pb_path: str | None, app: str | None) -> str | None:
+    return app or (playbook.load(pb_path).app if pb_path else None)
+
+
+state_options = [
+    click.option("-p", "--playbook", "pb_path", type=click.Path(dir_okay=False),
+                 envvar="DEPLOYCTL_PLAYBOOK", help="Playbook naming the app and its state DB."),
+    click.option("--state-dsn", envvar="DEPLOYCTL_STATE_DSN",
+                 help="State database DSN (default: from the playbook)."),
+]
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+def with_state(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(state_options):
+        func = option(func)
+    return func
+
+
+def _result_text(result: engine.Result) -> str:
+    lines = [f"release #{result.release_id}: {result.app} {result.version}"]
+    for step in result.steps:
+        seconds = step.get("duration_s")
+        took = f"{seconds:8.2f}s" if isinstance(seconds, int | float) else " " * 9
+        error = f"  {step['error']}" if step.get("error") else ""
+        lines.append(f"  {step['step']:<20} {step['outcome']:<8}{took}{error}")
+    lines.append(f"outcome: {result.status}" + (f" ({result.reason})" if result.reason else ""))
+    return "\n".join(lines)
+
+
+def _finish(result: engine.Result, as_json: bool) -> int:
+    _emit(result.__dict__, as_json, lambda: _result_text(result))
+    return result.exit_code
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--log-json/--log-text", default=None,
+              help="Log format (default: text on a terminal, JSON lines otherwise).")
+@click.version_option(package_name="deployctl")
+def main(debug: bool, log_json: bool | None) -> None:
+    """Blue-green releases with rollbacks that lose no user action."""
+    configure(json=log_json, debug=debug)
+
+
+@main.command()
+@click.argument("playbook_path", metavar="PLAYBOOK", type=click.Path(dir_okay=False))
+@json_option
+@_errors
+def release(playbook_path: str, as_json: bool) -> int:
+    """Release the version in PLAYBOOK; roll back on its own if any step fails."""
+    return _finish(engine.release(playbook.load(playbook_path)), as_json)
+
+
+@main.command()
+@click.argument("playbook_path", metavar="PLAYBOOK", type=click.Path(dir_okay=False))
+@json_option
+@_errors
+def plan(playbook_path: str, as_json: bool) -> int:
+    """Print the steps PLAYBOOK would run, touching nothing."""
+    pb = playbook.load(playbook_path)
+    steps = engine.plan(pb)
+    _emit({"app": pb.app, "version": pb.version, "steps": steps}, as_json,
+          lambda: f"{pb.app} {pb.version}:\n" + "\n".join(f"  {s}" for s in steps))
+    return EXIT_OK
+
+
+@main.command()
+@click.argument("release_id", required=False, type=int)
+@with_state
+@json_option
+@_errors
+def resume(release_id: int | None, pb_path: str | None, state_dsn: str | None,
+           as_json: bool) -> int:
+    """Continue an unfinished release (the latest one if RELEASE_ID is not given)."""
+    state = _state_dsn(pb_path, state_dsn)
+    rid = release_id or engine.find_open(state, _app(pb_path, None))
+    return _finish(engine.resume(state, rid), as_json)
+
+
+@main.command()
+@click.argument("release_id", required=False, type=int)
+@with_state
+@json_option
+@_errors
+def rollback(release_id: int | None, pb_path: str | None, state_dsn: str | None,
+             as_json: bool) -> int:
+    """Undo an unfinished release from whatever step it reached."""
+    state = _state_dsn(pb_path, state_dsn)
+    rid = release_id or engine.find_open(state, _app(pb_path, None))
+    result = engine.rollback(state, rid)
+    _emit(result.__dict__, as_json, lambda: _result_text(result))
+    return EXIT_OK if result.status == "rolled_back" else result.exit_code
+
+
+@main.command()
+@click.argument("release_id", required=False, type=int)
+@click.option("--app", help="Application name (default: the playbook's).")
+@with_state
+@json_option
+@_errors
+def status(release_id: int | None, app: str | None, pb_path: str | None,
+           state_dsn: str | None, as_json: bool) -> int:
+    """Show a release's steps (the latest one if RELEASE_ID is not given)."""
+    app = _app(pb_path, app)
+    with Journal(_state_dsn(pb_path, state_dsn)) as journal:
+        found = journal.get(release_id) if release_id else journal.latest(app)
+        if found is None:
+            _emit(None, as_json, lambda: "no releases yet")
+            return EXIT_OK
+        result = engine.summarize(journal, found.id)
+        live = journal.live(found.app)
+        lock = journal.lock_holder(found.app)
+    data = {**result.__dict__, "live_version": live["live_version"] if live else None,
+            "lock": lock}
+
+    def text() -> str:
+        out = _result_text(result) + f"\nlive version: {data['live_version'] or 'none'}"
+        if lock["alive"] and "holder" in lock:
+            out += f"\nlock: held by {lock['holder']} since {lock['since']:%Y-%m-%d %H:%M:%S}"
+        elif result.status in OPEN_STATUSES and not lock["alive"]:
+            out += (f"\nno deployctl process is working on it: run `deployctl resume "
+                    f"{result.release_id}` or `deployctl rollback {result.release_id}`")
+        return out
+
+    _emit(data, as_json, text)
+    return EXIT_OK
+
+
+@main.command()
+@click.option("--app", help="Only this application (default: the playbook's, else all).")
+@click.option("-n", "--limit", default=20, show_default=True, help="How many releases.")
+@with_state
+@json_option
+@_errors
+def history(app: str | None, limit: int, pb_path: str | None, state_dsn: str | None,
+            as_json: bool) -> int:
+    """List past releases, newest first, with outcome and duration."""
+    with Journal(_state_dsn(pb_path, state_dsn)) as journal:
+        releases = [r.as_dict() for r in journal.history(_app(pb_path, app), limit)]
+
+    def text() -> str:
+        if not releases:
+            return "no releases yet"
+        rows = [f"{'#':>4}  {'app':<12} {'version':<10} {'from':<10} {'status':<16} "
+                f"{'duration':>9}  started"]
+        for r in releases:
+            took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
+            rows.append(f"{r['id']:>4}  {r['app']:<12} {r['version']:<10} "
+                        f"{r['from_version'] or '-':<10} {r['status']:<16} {took:>9}  "
+                        f"{r['started_at'][:19]}")
+        return "\n".join(rows)
+
+    _emit(releases, as_json, text)
+    return EXIT_OK

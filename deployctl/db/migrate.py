@@ -1,0 +1,108 @@
+"""Migrate: Alembic upgrade (and downgrade on rollback) under lock and statement timeouts.
+
+Alembic runs as a child process with the project's own env.py, so deployctl works with any
+Alembic project: the DSN goes in through an environment variable (`migrations.url_env`, default
+DATABASE_URL) and the timeouts through PGOPTIONS, which libpq applies to every connection the
+migration opens. A lock timeout means a busy table, not a broken migration: it is retried with
+exponential backoff; any other failure is final.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from deployctl.db.snapshot import alembic_revision
+from deployctl.errors import BadInput, StepFailed
+from deployctl.log import log
+from deployctl.redact import redact
+
+# SQLSTATE 55P03 (lock_not_available), as psycopg and PostgreSQL word it.
+_LOCK_TIMEOUT_MARKERS = ("LockNotAvailable", "lock timeout", "55P03")
+
+
+class LockTimeout(StepFailed):
+    """The migration gave up waiting for a lock; worth another try."""
+
+
+@dataclass(frozen=True)
+class Alembic:
+    ini: Path
+    dsn: str
+    url_env: str = "DATABASE_URL"
+    lock_timeout_s: float = 5.0
+    statement_timeout_s: float = 300.0
+
+    def resolve(self, target: str) -> str | None:
+        """A target such as `head` as a revision id (None for `base`)."""
+        script = ScriptDirectory.from_config(Config(str(self.ini)))
+        try:
+            revisions = script.get_revisions(target)
+        except Exception as exc:
+            raise BadInput(f"migrations.target: unknown Alembic revision {target!r}: {exc}"
+                           ) from None
+        if not revisions:
+            return None
+        if len(revisions) > 1:
+            raise BadInput(f"migrations.target: {target!r} names several heads; pick one")
+        return str(revisions[0].revision)  # type: ignore[union-attr]
+
+    def current(self) -> str | None:
+        with psycopg.connect(self.dsn, connect_timeout=10) as conn:
+            return alembic_revision(conn)
+
+    def _run(self, *args: str) -> str:
+        env = dict(os.environ)
+        env[self.url_env] = self.dsn
+        env["PGOPTIONS"] = (
+            f"-c lock_timeout={int(self.lock_timeout_s * 1000)} "
+            f"-c statement_timeout={int(self.statement_timeout_s * 1000)}"
+        )
+        argv = [sys.executable, "-m", "alembic", "-c", str(self.ini), *args]
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            tail = redact(result.stderr.strip().splitlines()[-1:] or ["no output"])[0]
+            error = LockTimeout if any(m in result.stderr for m in _LOCK_TIMEOUT_MARKERS) else (
+                StepFailed)
+            raise error(f"alembic {' '.join(args)} failed: {tail}")
+        return result.stdout
+
+    def _with_retries(self, retries: int, *args: str) -> None:
+        def note(state: RetryCallState) -> None:
+            log.warning("migration waited too long for a lock; retrying",
+                        attempt=state.attempt_number, command=" ".join(args))
+
+        for attempt in Retrying(
+            retry=retry_if_exception_type(LockTimeout),
+            stop=stop_after_attempt(retries + 1),
+            wait=wait_exponential(multiplier=0.5, max=15),
+            before_sleep=note,
+            reraise=True,
+        ):
+            with attempt:
+                self._run(*args)
+
+    def upgrade(self, target: str, *, retries: int) -> None:
+        self._with_retries(retries, "upgrade", target)
+
+    def downgrade(self, target: str | None, *, retries: int) -> None:
+        self._with_retries(retries, "downgrade", target or "base")
+
+    def offline_sql(self, start: str | None, target: str) -> str:
+        """The SQL Alembic would run (`alembic upgrade start:target --sql`)."""
+        return self._run("upgrade", f"{start or 'base'}:{target}", "--sql")
+

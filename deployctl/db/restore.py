@@ -1,0 +1,116 @@
+"""Restore a snapshot side by side, then swap it in for the live database.
+
+The snapshot is restored into a new database while the current one keeps serving; only the
+swap (two renames) needs the live database without connections. The failed database is kept
+under a clear name for forensics. Each stage leaves a mark (the restored database's comment,
+the database names) so that a restore killed at any point can simply be run again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from deployctl.db.libpq import run_tool
+from deployctl.db.snapshot import verify
+from deployctl.journal import with_dbname
+
+_LOADED = "deployctl: snapshot restored for release {}"
+
+
+@dataclass(frozen=True)
+class Names:
+    live: str
+    restored: str
+    failed: str
+
+    @classmethod
+    def for_release(cls, live: str, release_id: int) -> Names:
+        # PostgreSQL truncates names at 63 bytes; keep the suffix that identifies the release.
+        def name(suffix: str) -> str:
+            return live[: 63 - len(suffix)] + suffix
+
+        return cls(live, name(f"_restore_{release_id}"), name(f"_failed_{release_id}"))
+
+
+def _exists(conn: psycopg.Connection[Any], dbname: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is not None
+
+
+def _comment(conn: psycopg.Connection[Any], dbname: str) -> str | None:
+    row = conn.execute(
+        """SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s""",
+        (dbname,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _allow_connections(conn: psycopg.Connection[Any], dbname: str, allow: bool) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+        sql.Identifier(dbname), sql.Literal(allow)))
+
+
+def _disconnect(conn: psycopg.Connection[Any], dbname: str) -> int:
+    rows = conn.execute(
+        """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+           WHERE datname = %s AND pid <> pg_backend_pid()""",
+        (dbname,),
+    ).fetchall()
+    return len(rows)
+
+
+def load(dsn: str, snapshot: Path, release_id: int, *, jobs: int) -> Names:
+    """Restore `snapshot` into a new database beside the live one (idempotent)."""
+    live = str(conninfo_to_dict(dsn)["dbname"])
+    names = Names.for_release(live, release_id)
+    marker = _LOADED.format(release_id)
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        if _exists(admin, names.failed) or _comment(admin, names.restored) == marker:
+            return names  # loaded before (and maybe swapped already)
+        verify(snapshot)
+        owner = admin.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (live,)
+        ).fetchone()
+        if _exists(admin, names.restored):  # a restore that was interrupted
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+                sql.Identifier(names.restored)))
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 OWNER {}").format(
+            sql.Identifier(names.restored), sql.Identifier(owner[0] if owner else "postgres")))
+        run_tool("pg_restore", ["-j", str(jobs), "--exit-on-error", str(snapshot)],
+                 with_dbname(dsn, names.restored))
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(names.restored), sql.Literal(marker)))
+    return names
+
+
+def swap(dsn: str, names: Names) -> dict[str, Any]:
+    """Put the restored database in the live one's place; keep the live one as `failed`.
+
+    Returns the time the live database refused connections, in milliseconds.
+    """
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        started = time.monotonic()
+        terminated = 0
+        if not _exists(admin, names.failed):
+            _allow_connections(admin, names.live, False)
+            terminated = _disconnect(admin, names.live)
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(names.live), sql.Identifier(names.failed)))
+        if not _exists(admin, names.live):
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(names.restored), sql.Identifier(names.live)))
+        _allow_connections(admin, names.live, True)
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(
+            sql.Identifier(names.live)))
+        _allow_connections(admin, names.failed, True)
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(names.failed),
+            sql.Literal("deployctl: the live database at rollback, kept for forensics")))
+        return {"pause_ms": round((time.monotonic() - started) * 1000, 1),
+                "connections_closed": terminated, "kept_as": names.failed}

@@ -1,0 +1,197 @@
+"""The release as a state machine of idempotent steps, recorded in the journal.
+
+Every step writes `started` before it acts and `done` (or `failed`) after, so the journal always
+tells how far a release got. `release` starts one, `resume` continues one whose process died,
+`rollback` undoes one from whatever step it reached. A failure anywhere forward rolls back on
+its own: old version serving, green stopped, database back to what blue runs on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deployctl import failpoints
+from deployctl.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_ROLLBACK_FAILED,
+    EXIT_ROLLED_BACK,
+    BadInput,
+)
+from deployctl.journal import Journal, default_state_dsn
+from deployctl.log import log
+from deployctl.playbook import Playbook, parse
+from deployctl.redact import redact
+from deployctl.steps import FORWARD, ROLLBACK, Outcome, Refused, Run
+
+EXIT_FOR_STATUS = {
+    "released": EXIT_OK,
+    "rolled_back": EXIT_ROLLED_BACK,
+    "refused": EXIT_BAD_INPUT,
+    "rollback_failed": EXIT_ROLLBACK_FAILED,
+}
+
+
+@dataclass
+class Result:
+    release_id: int
+    app: str
+    version: str
+    status: str
+    reason: str | None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FOR_STATUS.get(self.status, EXIT_ROLLBACK_FAILED)
+
+
+def state_dsn(pb: Playbook) -> str:
+    return pb.database.state_dsn or default_state_dsn(pb.database.dsn)
+
+
+def plan(pb: Playbook) -> list[str]:
+    """The steps `release` would run for this playbook, and what rollback would do."""
+    return [name for name, _ in FORWARD] + [
+        f"on failure: {name} (database: {pb.database.rollback})" if name == "rollback.database"
+        else f"on failure: {name}" for name, _ in ROLLBACK
+    ]
+
+
+def _step(run: Run, name: str, action: Callable[[Run], Outcome]) -> None:
+    """Run one step unless the journal says it is done; raise if it fails."""
+    journal, rid = run.journal, run.release_id
+    if journal.step_phase(rid, name) == "done":
+        log.info("step already done", step=name, release=rid)
+        return
+    journal.event(rid, name, "started")
+    log.info("step started", step=name, release=rid)
+    failpoints.hit(name, "started")
+    started = time.monotonic()
+    try:
+        outcome = action(run)
+    except BaseException as exc:
+        seconds = round(time.monotonic() - started, 3)
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        journal.event(rid, name, "failed", {"error": redact(reason), "duration_s": seconds})
+        log.error("step failed", step=name, release=rid, duration_s=seconds, error=reason)
+        raise
+    failpoints.hit(name, "acted")
+    seconds = round(time.monotonic() - started, 3)
+    with journal.transaction():
+        if outcome.record is not None:
+            outcome.record(journal)
+        journal.event(rid, name, "done", {**redact(outcome.detail), "duration_s": seconds})
+    log.info("step done", step=name, release=rid, duration_s=seconds, **outcome.detail)
+
+
+def _forward(run: Run) -> str:
+    for name, action in FORWARD:
+        try:
+            _step(run, name, action)
+        except Refused as exc:
+            run.journal.set_status(run.release_id, "refused", f"preflight: {exc}")
+            return "refused"
+        except (Exception, KeyboardInterrupt) as exc:
+            reason = f"{name} failed: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}"
+            return _rollback(run, redact(reason))
+    return "released"
+
+
+def _rollback(run: Run, reason: str) -> str:
+    run.journal.set_status(run.release_id, "rolling_back", reason)
+    log.warning("rolling back", release=run.release_id, reason=reason)
+    for name, action in ROLLBACK:
+        try:
+            _step(run, name, action)
+        except Exception as exc:
+            run.journal.set_status(run.release_id, "rollback_failed",
+                                   redact(f"{reason}; then {name} failed: {exc}"))
+            log.error("rollback failed: a human is needed", release=run.release_id,
+                      step=name, next=f"fix the cause, then `deployctl rollback {run.release_id}`")
+            return "rollback_failed"
+    run.journal.set_status(run.release_id, "rolled_back")
+    return "rolled_back"
+
+
+def summarize(journal: Journal, release_id: int) -> Result:
+    release = journal.get(release_id)
+    steps: dict[str, dict[str, Any]] = {}
+    for event in journal.events(release_id):
+        if event["phase"] == "info":
+            continue
+        entry = steps.setdefault(event["step"], {"step": event["step"]})
+        entry["outcome"] = event["phase"]
+        entry.update({k: v for k, v in event["detail"].items() if k in ("duration_s", "error")})
+    return Result(release.id, release.app, release.version, release.status, release.reason,
+                  list(steps.values()))
+
+
+def release(pb: Playbook) -> Result:
+    """Release `pb.version` of `pb.app`: run every step, roll back on any failure."""
+    with Journal(state_dsn(pb)) as journal:
+        journal.acquire(pb.app, pb.version)
+        try:
+            live = journal.live(pb.app)
+            if live and live["live_version"] == pb.version:
+                raise BadInput(f"{pb.source_path}: version: {pb.version} is already live; "
+                               "set the version you want to release")
+            rid = journal.create_release(
+                app=pb.app, version=pb.version, from_version=live["live_version"] if live else None,
+                playbook_path=str(pb.source_path.resolve()), playbook_text=pb.source_text,
+                playbook_sha256=pb.sha256,
+            )
+            journal.attach_lock(pb.app, rid)
+            log.info("release started", release=rid, app=pb.app, version=pb.version,
+                     from_version=live["live_version"] if live else None)
+            _forward(Run(pb, journal, rid))
+            return summarize(journal, rid)
+        finally:
+            journal.release_lock(pb.app)
+
+
+def _continue(state: str, release_id: int, action: str) -> Result:
+    with Journal(state) as journal:
+        found = journal.get(release_id)
+        if not found.open:
+            raise BadInput(f"release #{release_id} is already {found.status}: nothing to {action}")
+        pb = parse(found.playbook_text, Path(found.playbook_path))
+        journal.acquire(pb.app, pb.version, release_id)
+        try:
+            run = Run(pb, journal, release_id)
+            found = journal.get(release_id)  # it may have moved on while we waited
+            if not found.open:
+                raise BadInput(f"release #{release_id} is already {found.status}")
+            if action == "resume" and found.status == "running":
+                log.info("resuming release", release=release_id)
+                _forward(run)
+            else:
+                reason = found.reason if found.status != "running" else "rolled back by operator"
+                _rollback(run, reason or "rolled back by operator")
+            return summarize(journal, release_id)
+        finally:
+            journal.release_lock(pb.app)
+
+
+def resume(state: str, release_id: int) -> Result:
+    """Continue a release whose process died: forward if it was going forward, else back."""
+    return _continue(state, release_id, "resume")
+
+
+def rollback(state: str, release_id: int) -> Result:
+    """Undo a release from whatever step it reached."""
+    return _continue(state, release_id, "rollback")
+
+
+def find_open(state: str, app: str | None) -> int:
+    """The unfinished release to resume or roll back when none is named."""
+    with Journal(state) as journal:
+        latest = journal.latest(app)
+        if latest is None or not latest.open:
+            raise BadInput("no unfinished release" + (f" of {app}" if app else "") +
+                           ": name one (see `deployctl history`)")
+        return latest.id

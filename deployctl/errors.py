@@ -1,0 +1,51 @@
+"""The errors deployctl raises, each carrying the exit code the CLI turns it into.
+
+Exit codes are a contract for CI (DESIGN.md): 0 released; 1 failed and rolled back cleanly;
+2 bad input, nothing touched; 3 rollback itself failed, a human is needed; 4 another release
+holds the lock.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ROLLED_BACK = 1
+EXIT_BAD_INPUT = 2
+EXIT_ROLLBACK_FAILED = 3
+EXIT_LOCKED = 4
+
+
+class DeployctlError(Exception):
+    """Base class: one line a user can act on."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadInput(DeployctlError):
+    """The command line or the state it names is wrong; nothing was touched."""
+
+
+class PlaybookError(BadInput):
+    """A playbook that does not validate: names the file and the field path."""
+
+    def __init__(self, path: str, field: str, problem: str) -> None:
+        self.path, self.field, self.problem = path, field, problem
+        where = f"{path}: {field}" if field else path
+        super().__init__(f"{where}: {problem}")
+
+
+class LockHeld(DeployctlError):
+    """Another release of the same application is running or unfinished."""
+
+    exit_code = EXIT_LOCKED
+
+
+class StepFailed(DeployctlError):
+    """A release step could not do its job; the engine rolls back."""
+
+    exit_code = EXIT_ROLLED_BACK
+
+
+class RollbackFailed(DeployctlError):
+    """A rollback step failed: a human is needed."""
+
+    exit_code = EXIT_ROLLBACK_FAILED

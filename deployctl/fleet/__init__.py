@@ -1,0 +1,1 @@
+"""Hosts: how a version is started, checked and stopped (transports run what deploy builds)."""

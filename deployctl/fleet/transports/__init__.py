@@ -1,0 +1,11 @@
+"""Transports run commands on a host; chosen by name from the playbook (`deploy.transport`)."""
+
+from __future__ import annotations
+
+from deployctl.fleet.transports.local import LocalTransport
+
+TRANSPORTS = {"local": LocalTransport}
+
+
+def get(name: str, workdir: object) -> LocalTransport:
+    return TRANSPORTS[name](workdir)  # type: ignore[arg-type]

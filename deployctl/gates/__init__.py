@@ -1,0 +1,1 @@
+"""Gates: the checks that decide whether a release may go on."""

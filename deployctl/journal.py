@@ -1,0 +1,297 @@
+"""The journal: releases, their step events, snapshots and the per-application lock.
+
+It lives in the state database (`database.state_dsn`, default: database `deployctl` on the
+application's server), which is created on first use from sql/state.sql.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from deployctl.errors import BadInput, LockHeld
+from deployctl.redact import safe_dsn
+
+SCHEMA_SQL = Path(__file__).resolve().parent.parent / "sql" / "state.sql"
+OPEN_STATUSES = ("running", "rolling_back", "rollback_failed")
+# Namespace of deployctl's advisory locks (the second key is the application's name).
+_LOCK_NAMESPACE = "deployctl.release"
+
+
+def default_state_dsn(app_dsn: str) -> str:
+    return make_conninfo(app_dsn, dbname="deployctl")
+
+
+def with_dbname(dsn: str, dbname: str) -> str:
+    return make_conninfo(dsn, dbname=dbname)
+
+
+def holder_name() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Release:
+    id: int
+    app: str
+    version: str
+    from_version: str | None
+    status: str
+    reason: str | None
+    playbook_path: str
+    playbook_text: str
+    started_by: str
+    started_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    def as_dict(self) -> dict[str, Any]:
+        duration = (
+            (self.finished_at - self.started_at).total_seconds() if self.finished_at else None
+        )
+        return {
+            "id": self.id, "app": self.app, "version": self.version,
+            "from_version": self.from_version, "status": self.status, "reason": self.reason,
+            "started_by": self.started_by, "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "duration_s": round(duration, 3) if duration is not None else None,
+        }
+
+
+def _ensure_database(state_dsn: str) -> None:
+    dbname = conninfo_to_dict(state_dsn).get("dbname")
+    try:
+        psycopg.connect(state_dsn, connect_timeout=10).close()
+        return
+    except psycopg.OperationalError as exc:
+        if f'database "{dbname}" does not exist' not in str(exc):
+            raise BadInput(
+                f"state database {safe_dsn(state_dsn)} is unreachable: {str(exc).strip()}"
+            ) from None
+    with psycopg.connect(with_dbname(state_dsn, "postgres"), autocommit=True) as conn:
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(dbname))))
+        except psycopg.errors.DuplicateDatabase:
+            pass  # created by a concurrent deployctl
+
+
+class Journal:
+    """One autocommit connection to the state database; holds the advisory lock while open."""
+
+    def __init__(self, state_dsn: str) -> None:
+        _ensure_database(state_dsn)
+        self.dsn = state_dsn
+        self.conn = psycopg.connect(state_dsn, autocommit=True, row_factory=dict_row)
+        with self.conn.transaction():
+            # Two first runs at once must not race on CREATE TABLE IF NOT EXISTS.
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('deployctl.schema'))")
+            self.conn.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        with self.conn.transaction():
+            yield self.conn
+
+    # -- the lock ---------------------------------------------------------------------------
+
+    def acquire(self, app: str, version: str, release_id: int | None = None) -> None:
+        """Take the application's lock for this process's lifetime, or raise LockHeld."""
+        got = self.conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s)) AS got",
+            (_LOCK_NAMESPACE, app),
+        ).fetchone()
+        if not got or not got["got"]:
+            row = self.conn.execute(
+                "SELECT holder, version, since, release_id FROM deployctl.locks WHERE app = %s",
+                (app,),
+            ).fetchone()
+            who = (
+                f"{row['holder']} (version {row['version']}, release #{row['release_id']}, "
+                f"since {row['since']:%Y-%m-%d %H:%M:%S %Z})" if row else "another process"
+            )
+            raise LockHeld(f"{app} is being released by {who}: wait for it or stop it first")
+        self.conn.execute(
+            """INSERT INTO deployctl.locks (app, release_id, holder, version)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (app) DO UPDATE SET release_id = EXCLUDED.release_id,
+                   holder = EXCLUDED.holder, version = EXCLUDED.version, since = clock_timestamp()""",
+            (app, release_id, holder_name(), version),
+        )
+
+    def attach_lock(self, app: str, release_id: int) -> None:
+        self.conn.execute(
+            "UPDATE deployctl.locks SET release_id = %s WHERE app = %s", (release_id, app)
+        )
+
+    def release_lock(self, app: str) -> None:
+        self.conn.execute("DELETE FROM deployctl.locks WHERE app = %s", (app,))
+        self.conn.execute(
+            "SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (_LOCK_NAMESPACE, app)
+        )
+
+    def lock_holder(self, app: str) -> dict[str, Any]:
+        """Who holds the lock (if the row says) and whether a live session really holds it."""
+        alive = self.conn.execute(
+            """SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND classid::int = hashtext(%s) AND objid::int = hashtext(%s)) AS alive""",
+            (_LOCK_NAMESPACE, app),
+        ).fetchone()
+        row = self.conn.execute("SELECT * FROM deployctl.locks WHERE app = %s", (app,)).fetchone()
+        return {**(row or {}), "alive": bool(alive and alive["alive"])}
+
+    # -- releases ---------------------------------------------------------------------------
+
+    def create_release(
+        self, *, app: str, version: str, from_version: str | None, playbook_path: str,
+        playbook_text: str, playbook_sha256: str,
+    ) -> int:
+        try:
+            with self.transaction():
+                row = self.conn.execute(
+                    """INSERT INTO deployctl.releases (app, version, from_version, playbook_path,
+                           playbook_text, playbook_sha256, started_by)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+                    (app, version, from_version, playbook_path, playbook_text, playbook_sha256,
+                     holder_name()),
+                ).fetchone()
+        except psycopg.errors.UniqueViolation:
+            unfinished = self.open_release(app)
+            assert unfinished is not None
+            raise LockHeld(
+                f"release #{unfinished.id} of {app} is unfinished ({unfinished.status}): "
+                f"run `deployctl resume {unfinished.id}` or `deployctl rollback {unfinished.id}`"
+            ) from None
+        assert row is not None
+        return int(row["id"])
+
+    def _release(self, where: sql.Composable, params: tuple[Any, ...]) -> Release | None:
+        row = self.conn.execute(
+            sql.SQL(
+                """SELECT id, app, version, from_version, status, reason, playbook_path,
+                          playbook_text, started_by, started_at, finished_at
+                   FROM deployctl.releases WHERE {} ORDER BY id DESC LIMIT 1"""
+            ).format(where),
+            params,
+        ).fetchone()
+        return Release(**row) if row else None
+
+    def get(self, release_id: int) -> Release:
+        release = self._release(sql.SQL("id = %s"), (release_id,))
+        if release is None:
+            raise BadInput(f"no release #{release_id} in the journal (see `deployctl history`)")
+        return release
+
+    def open_release(self, app: str) -> Release | None:
+        return self._release(sql.SQL("app = %s AND status = ANY(%s)"), (app, list(OPEN_STATUSES)))
+
+    def latest(self, app: str | None = None) -> Release | None:
+        if app is None:
+            return self._release(sql.SQL("true"), ())
+        return self._release(sql.SQL("app = %s"), (app,))
+
+    def history(self, app: str | None = None, limit: int = 20) -> list[Release]:
+        rows = self.conn.execute(
+            """SELECT id, app, version, from_version, status, reason, playbook_path,
+                      playbook_text, started_by, started_at, finished_at
+               FROM deployctl.releases WHERE %(app)s::text IS NULL OR app = %(app)s
+               ORDER BY id DESC LIMIT %(limit)s""",
+            {"app": app, "limit": limit},
+        ).fetchall()
+        return [Release(**row) for row in rows]
+
+    def set_status(self, release_id: int, status: str, reason: str | None = None) -> None:
+        finished = status in ("released", "rolled_back")
+        self.conn.execute(
+            """UPDATE deployctl.releases SET status = %s, reason = COALESCE(%s, reason),
+                   finished_at = CASE WHEN %s THEN clock_timestamp() END
+               WHERE id = %s""",
+            (status, reason, finished, release_id),
+        )
+
+    # -- events -----------------------------------------------------------------------------
+
+    def event(self, release_id: int, step: str, phase: str, detail: dict[str, Any] | None = None
+              ) -> None:
+        self.conn.execute(
+            "INSERT INTO deployctl.events (release_id, step, phase, detail) VALUES (%s, %s, %s, %s)",
+            (release_id, step, phase, Jsonb(detail or {})),
+        )
+
+    def events(self, release_id: int) -> list[dict[str, Any]]:
+        return self.conn.execute(
+            "SELECT step, phase, at, detail FROM deployctl.events WHERE release_id = %s ORDER BY id",
+            (release_id,),
+        ).fetchall()
+
+    def step_phase(self, release_id: int, step: str) -> str | None:
+        """The last phase recorded for a step (None: never started)."""
+        row = self.conn.execute(
+            """SELECT phase FROM deployctl.events
+               WHERE release_id = %s AND step = %s AND phase <> 'info'
+               ORDER BY id DESC LIMIT 1""",
+            (release_id, step),
+        ).fetchone()
+        return row["phase"] if row else None
+
+    def step_detail(self, release_id: int, step: str) -> dict[str, Any]:
+        """The detail of a step's `done` event (empty if it has none)."""
+        row = self.conn.execute(
+            """SELECT detail FROM deployctl.events
+               WHERE release_id = %s AND step = %s AND phase = 'done'
+               ORDER BY id DESC LIMIT 1""",
+            (release_id, step),
+        ).fetchone()
+        return dict(row["detail"]) if row else {}
+
+    # -- snapshots and the live version -----------------------------------------------------
+
+    def record_snapshot(self, release_id: int, path: str, manifest: dict[str, Any]) -> None:
+        self.conn.execute(
+            """INSERT INTO deployctl.snapshots (release_id, path, manifest) VALUES (%s, %s, %s)
+               ON CONFLICT (release_id) DO UPDATE
+               SET path = EXCLUDED.path, manifest = EXCLUDED.manifest""",
+            (release_id, path, Jsonb(manifest)),
+        )
+
+    def snapshot(self, release_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT path, manifest FROM deployctl.snapshots WHERE release_id = %s", (release_id,)
+        ).fetchone()
+        return dict(row) if row else None
+
+    def set_live(self, app: str, version: str, release_id: int) -> None:
+        self.conn.execute(
+            """INSERT INTO deployctl.apps (app, live_version, release_id) VALUES (%s, %s, %s)
+               ON CONFLICT (app) DO UPDATE SET live_version = EXCLUDED.live_version,
+                   release_id = EXCLUDED.release_id, updated_at = clock_timestamp()""",
+            (app, version, release_id),
+        )
+
+    def live(self, app: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM deployctl.apps WHERE app = %s", (app,)).fetchone()
+        return dict(row) if row else None

@@ -1,0 +1,264 @@
+"""Playbooks: YAML files validated into typed models.
+
+Every error names the file, the field path and what was expected
+(`smoke[1].http.status: Input should be less than 600, got 700`). `${VAR}` and
+`${VAR:-default}` take values from the environment; the values are registered as secrets so
+the log and the CLI never print them. Relative paths are relative to the playbook's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from deployctl.errors import PlaybookError
+from deployctl.redact import register_secret
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_duration(value: Any) -> float:
+    """`250ms`, `5s`, `2m`, `1h` or a number of seconds, as seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 5s or 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as 500ms, 5s or 2m, got {value!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"expected a positive duration, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _existing_file(value: str, info: ValidationInfo) -> Path:
+    base = Path((info.context or {}).get("base", "."))
+    path = (base / value).resolve()
+    if not path.is_file():
+        raise ValueError(f"file not found: {path} (paths are relative to the playbook's folder)")
+    return path
+
+
+def _folder(value: str, info: ValidationInfo) -> Path:
+    return (Path((info.context or {}).get("base", ".")) / value).resolve()
+
+
+class DatabaseConfig(Model):
+    dsn: str = Field(min_length=1)
+    state_dsn: str | None = None
+    rollback: Literal["keep", "downgrade", "restore"] = "restore"
+    lock_timeout: Duration = 5.0
+    statement_timeout: Duration = 300.0
+    lock_retries: int = Field(default=5, ge=0, le=100)
+
+    @field_validator("dsn", "state_dsn")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a URL starting with postgresql://")
+        return value
+
+
+class MigrationsConfig(Model):
+    alembic_ini: Path
+    target: str = "head"
+    url_env: str = Field(default="DATABASE_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    _ini = field_validator("alembic_ini", mode="before")(_existing_file)
+
+
+class SnapshotConfig(Model):
+    jobs: int = Field(default=2, ge=1, le=64)
+
+
+class HealthConfig(Model):
+    url: str = Field(pattern=r"^https?://")
+    timeout: Duration = 30.0
+    interval: Duration = 0.25
+
+
+class DeployConfig(Model):
+    transport: Literal["local"] = "local"
+    command: list[str] = Field(min_length=1)
+    cwd: Path | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    health: HealthConfig
+    stop_timeout: Duration = 10.0
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        # A string is split like a shell would, without running a shell.
+        if isinstance(value, str):
+            import shlex
+
+            return shlex.split(value)
+        return value
+
+    @field_validator("cwd", mode="before")
+    @classmethod
+    def _cwd(cls, value: str, info: ValidationInfo) -> Path:
+        return _folder(value, info)
+
+
+class HttpCheck(Model):
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    status: int = Field(default=200, ge=100, lt=600)
+    body_contains: str | None = None
+    max_latency: Duration | None = None
+    timeout: Duration = 10.0
+
+
+class SqlCheck(Model):
+    query: str = Field(min_length=1)
+
+
+class SmokeCheck(Model):
+    name: str = Field(min_length=1)
+    http: HttpCheck | None = None
+    sql: SqlCheck | None = None
+    retries: int = Field(default=0, ge=0, le=100)
+    interval: Duration = 1.0
+
+    @field_validator("sql", mode="before")
+    @classmethod
+    def _sql_shorthand(cls, value: Any) -> Any:
+        return {"query": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> SmokeCheck:
+        if (self.http is None) == (self.sql is None):
+            raise ValueError("a smoke check needs exactly one of `http` or `sql`")
+        return self
+
+
+class Playbook(Model):
+    app: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    version: str = Field(min_length=1, max_length=100)
+    workdir: Path = Path(".deployctl")
+    database: DatabaseConfig
+    migrations: MigrationsConfig
+    snapshot: SnapshotConfig = SnapshotConfig()
+    deploy: DeployConfig
+    smoke: list[SmokeCheck] = Field(default_factory=list)
+
+    # Where the playbook came from: filled in by load(), not by the YAML.
+    source_path: Path = Field(default=Path("."), exclude=True)
+    source_text: str = Field(default="", exclude=True)
+
+    @field_validator("workdir", mode="before")
+    @classmethod
+    def _workdir(cls, value: str, info: ValidationInfo) -> Path:
+        return _folder(value, info)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        # `version: 2` in YAML is an int; a version is a label.
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source_text.encode()).hexdigest()
+
+
+def _interpolate(node: Any, path: str, file: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), file) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]", file) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise PlaybookError(
+                    file, path,
+                    f"environment variable {name} is not set (export it, or write "
+                    f"${{{name}:-default}})",
+                )
+            return default  # written in the playbook: not a secret
+        register_secret(value)
+        return value
+
+    return _ENV_REF.sub(substitute, node)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse(text: str, path: Path) -> Playbook:
+    """Validate playbook text; `path` names it in errors and anchors relative paths."""
+    file = str(path)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PlaybookError(file, where, f"not valid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise PlaybookError(file, "", "expected a mapping of settings at the top level")
+    raw = _interpolate(raw, "", file)
+    try:
+        return Playbook.model_validate(
+            {**raw, "source_path": path, "source_text": text},
+            context={"base": str(path.resolve().parent)},
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = _field_path(tuple(first["loc"]))
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown setting (check its spelling)"
+        elif first["type"] == "missing":
+            message = "required setting is missing"
+        elif "input" in first and first["type"] not in {"value_error"} and not isinstance(
+            first["input"], dict | list
+        ):
+            message = f"{message}, got {first['input']!r}"
+        raise PlaybookError(file, loc, message) from None
+
+
+def load(path: str | os.PathLike[str]) -> Playbook:
+    """Read and validate the playbook at `path`."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise PlaybookError(str(file), "", f"cannot read the playbook: {exc.strerror}") from None
+    return parse(text, file)

@@ -1,0 +1,58 @@
+"""Keeps secrets out of everything deployctl prints.
+
+Values that came from `${ENV}` references and passwords inside DSNs are registered here; every
+log line and every CLI output passes through `redact()`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+MASK = "***"
+# Short values ("0", "on", port numbers) would mask half the output and protect nothing.
+_MIN_SECRET_LEN = 6
+_secrets: set[str] = set()
+_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+def register_secret(value: str) -> None:
+    if len(value) >= _MIN_SECRET_LEN:
+        _secrets.add(value)
+        password = conninfo_password(value)
+        if password:
+            _secrets.add(password)
+
+
+def conninfo_password(dsn: str) -> str | None:
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        return None
+    try:
+        return conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
+    except Exception:
+        return None
+
+
+def redact(value: Any) -> Any:
+    """The same value with every registered secret and DSN password masked."""
+    if isinstance(value, str):
+        for secret in sorted(_secrets, key=len, reverse=True):
+            value = value.replace(secret, MASK)
+        return _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", value)
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(v) for v in value)
+    return value
+
+
+def safe_dsn(dsn: str) -> str:
+    """A DSN fit for printing: no password."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:
+        return redact(dsn)
+    params.pop("password", None)
+    return make_conninfo(**params)  # type: ignore[arg-type]

@@ -1,0 +1,191 @@
+"""The release's steps, forward and back. Each is idempotent: safe to run again after a crash.
+
+A step returns what the journal should remember of it (its `done` detail) and, where it has a
+journal-side effect, a function the engine runs in the same transaction as the `done` event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deployctl.db import restore, snapshot
+from deployctl.db.migrate import Alembic
+from deployctl.errors import BadInput, StepFailed
+from deployctl.fleet import process
+from deployctl.fleet.health import wait_healthy
+from deployctl.fleet.transports import get as get_transport
+from deployctl.gates import smoke as smoke_checks
+from deployctl.journal import Journal
+from deployctl.playbook import Playbook, parse
+from deployctl.preflight import run as preflight_checks
+
+
+class Refused(BadInput):
+    """Preflight found a reason not to start; nothing was touched."""
+
+
+@dataclass
+class Run:
+    """Everything a step needs: the playbook, the journal and the release."""
+
+    pb: Playbook
+    journal: Journal
+    release_id: int
+
+    @property
+    def alembic(self) -> Alembic:
+        db = self.pb.database
+        return Alembic(self.pb.migrations.alembic_ini, db.dsn, self.pb.migrations.url_env,
+                       db.lock_timeout, db.statement_timeout)
+
+    @property
+    def transport(self) -> Any:
+        return get_transport(self.pb.deploy.transport, self.pb.workdir)
+
+    @property
+    def snapshot_dir(self) -> Path:
+        # The start time keeps two state databases' release #1 from sharing a folder.
+        started = self.journal.get(self.release_id).started_at
+        return self.pb.workdir / "snapshots" / f"{self.pb.app}-{self.release_id}-{started:%Y%m%dT%H%M%S}"
+
+    def live_playbook(self) -> Playbook | None:
+        """The playbook of the version users are on now (blue), if deployctl released it."""
+        live = self.journal.live(self.pb.app)
+        if live is None or live["release_id"] is None:
+            return None
+        release = self.journal.get(live["release_id"])
+        return parse(release.playbook_text, Path(release.playbook_path))
+
+
+@dataclass
+class Outcome:
+    detail: dict[str, Any] = field(default_factory=dict)
+    record: Callable[[Journal], None] | None = None
+
+
+# -- forward -------------------------------------------------------------------------------
+
+def preflight(run: Run) -> Outcome:
+    checks = preflight_checks(run.pb, run.alembic)
+    failed = [c for c in checks if c.status == "fail"]
+    detail = {"checks": [c.as_dict() for c in checks]}
+    if failed:
+        raise Refused("; ".join(f"{c.name}: {c.message}" for c in failed))
+    return Outcome(detail)
+
+
+def take_snapshot(run: Run) -> Outcome:
+    manifest = snapshot.take(run.pb.database.dsn, run.snapshot_dir, jobs=run.pb.snapshot.jobs)
+    path = str(run.snapshot_dir)
+    return Outcome(
+        {"path": path, "bytes": manifest["bytes"], "files": len(manifest["files"]),
+         "revision": manifest["alembic_revision"], "lsn": manifest["lsn"]},
+        lambda journal: journal.record_snapshot(run.release_id, path, manifest),
+    )
+
+
+def migrate(run: Run) -> Outcome:
+    alembic = run.alembic
+    target = alembic.resolve(run.pb.migrations.target)
+    before = alembic.current()
+    if before != target:
+        alembic.upgrade(target or "base", retries=run.pb.database.lock_retries)
+    return Outcome({"from_revision": before, "to_revision": alembic.current()})
+
+
+def deploy(run: Run) -> Outcome:
+    spec = process.for_playbook(run.pb)
+    transport = run.transport
+    pid = transport.start(spec)
+    health = run.pb.deploy.health
+    took = wait_healthy(health.url, timeout=health.timeout, interval=health.interval,
+                        died=lambda: transport.exited(spec))
+    return Outcome({"pid": pid, "healthy_after_s": round(took, 3), "health": health.url})
+
+
+def smoke(run: Run) -> Outcome:
+    results = [smoke_checks.run(check, run.pb.database.dsn) for check in run.pb.smoke]
+    detail = {"checks": [r.__dict__ for r in results]}
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise StepFailed("; ".join(f"{r.name}: {r.detail}" for r in failed))
+    return Outcome(detail)
+
+
+def finalize(run: Run) -> Outcome:
+    blue = run.live_playbook()
+    stopped = None
+    if blue is not None and blue.version != run.pb.version:
+        if run.transport.stop(process.for_playbook(blue), blue.deploy.stop_timeout):
+            stopped = blue.version
+
+    def record(journal: Journal) -> None:
+        journal.set_live(run.pb.app, run.pb.version, run.release_id)
+        journal.set_status(run.release_id, "released")
+
+    return Outcome({"live_version": run.pb.version, "stopped_version": stopped}, record)
+
+
+FORWARD: list[tuple[str, Callable[[Run], Outcome]]] = [
+    ("preflight", preflight),
+    ("snapshot", take_snapshot),
+    ("migrate", migrate),
+    ("deploy", deploy),
+    ("smoke", smoke),
+    ("finalize", finalize),
+]
+
+
+# -- rollback ------------------------------------------------------------------------------
+
+def blue_serving(run: Run) -> Outcome:
+    """Make sure the old version serves (finalize may have stopped it before a crash)."""
+    blue = run.live_playbook()
+    if blue is None or blue.version == run.pb.version:
+        return Outcome({"blue": None})
+    spec = process.for_playbook(blue)
+    transport = run.transport
+    restarted = transport.pid(spec) is None
+    pid = transport.start(spec)
+    wait_healthy(blue.deploy.health.url, timeout=blue.deploy.health.timeout,
+                 interval=blue.deploy.health.interval, died=lambda: transport.exited(spec))
+    return Outcome({"blue": blue.version, "pid": pid, "restarted": restarted})
+
+
+def stop_green(run: Run) -> Outcome:
+    stopped = run.transport.stop(process.for_playbook(run.pb), run.pb.deploy.stop_timeout)
+    return Outcome({"stopped": stopped})
+
+
+def database(run: Run) -> Outcome:
+    mode = run.pb.database.rollback
+    if run.journal.step_phase(run.release_id, "migrate") is None:
+        return Outcome({"mode": mode, "action": "none: the migration never started"})
+    recorded = run.journal.snapshot(run.release_id)
+    if recorded is None:
+        raise StepFailed("the release migrated but has no snapshot in the journal")
+    base = recorded["manifest"]["alembic_revision"]
+    alembic = run.alembic
+    current = alembic.current()
+    if current == base:
+        return Outcome({"mode": mode, "action": f"none: the database is still at {base or 'base'}"})
+    if mode == "keep":
+        return Outcome({"mode": mode, "action": f"kept at {current}: the migration is expand-only"})
+    if mode == "downgrade":
+        alembic.downgrade(base, retries=run.pb.database.lock_retries)
+        return Outcome({"mode": mode, "action": f"downgraded {current} → {base or 'base'}"})
+    names = restore.load(run.pb.database.dsn, Path(recorded["path"]), run.release_id,
+                         jobs=run.pb.snapshot.jobs)
+    swapped = restore.swap(run.pb.database.dsn, names)
+    return Outcome({"mode": mode, "action": f"restored the snapshot at {base or 'base'}",
+                    **swapped})
+
+
+ROLLBACK: list[tuple[str, Callable[[Run], Outcome]]] = [
+    ("rollback.blue", blue_serving),
+    ("rollback.green", stop_green),
+    ("rollback.database", database),
+]

@@ -1,0 +1,60 @@
+-- deployctl's state: the journal of releases. Lives in its own database (default `deployctl`
+-- on the application's server) so that restoring the application database never touches it.
+-- Idempotent: applied at every start.
+CREATE SCHEMA IF NOT EXISTS deployctl;
+
+CREATE TABLE IF NOT EXISTS deployctl.releases (
+    id              bigserial PRIMARY KEY,
+    app             text NOT NULL,
+    version         text NOT NULL,
+    from_version    text,
+    status          text NOT NULL DEFAULT 'running'
+                    CHECK (status IN ('running', 'rolling_back', 'released', 'rolled_back',
+                                      'rollback_failed', 'refused')),
+    reason          text,
+    playbook_path   text NOT NULL,
+    playbook_text   text NOT NULL,
+    playbook_sha256 text NOT NULL,
+    started_by      text NOT NULL,
+    started_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at     timestamptz
+);
+CREATE INDEX IF NOT EXISTS releases_app ON deployctl.releases (app, id DESC);
+-- At most one unfinished release per application: the journal half of the lock.
+CREATE UNIQUE INDEX IF NOT EXISTS releases_one_open_per_app ON deployctl.releases (app)
+    WHERE status IN ('running', 'rolling_back', 'rollback_failed');
+
+CREATE TABLE IF NOT EXISTS deployctl.events (
+    id          bigserial PRIMARY KEY,
+    release_id  bigint NOT NULL REFERENCES deployctl.releases (id) ON DELETE CASCADE,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    step        text NOT NULL,
+    phase       text NOT NULL CHECK (phase IN ('started', 'done', 'failed', 'info')),
+    detail      jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_release ON deployctl.events (release_id, id);
+
+CREATE TABLE IF NOT EXISTS deployctl.snapshots (
+    release_id  bigint PRIMARY KEY REFERENCES deployctl.releases (id) ON DELETE CASCADE,
+    path        text NOT NULL,
+    manifest    jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- Who holds an application's release lock (the lock itself is an advisory lock held by the
+-- running process's session, so a killed process never keeps it).
+CREATE TABLE IF NOT EXISTS deployctl.locks (
+    app         text PRIMARY KEY,
+    release_id  bigint REFERENCES deployctl.releases (id) ON DELETE SET NULL,
+    holder      text NOT NULL,
+    version     text NOT NULL,
+    since       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- The version each application runs now, and the release that put it there.
+CREATE TABLE IF NOT EXISTS deployctl.apps (
+    app         text PRIMARY KEY,
+    live_version text NOT NULL,
+    release_id  bigint REFERENCES deployctl.releases (id) ON DELETE SET NULL,
+    updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);

@@ -1,0 +1,209 @@
+"""Real PostgreSQL for every test that needs one, and the sample app's playbooks.
+
+The server, in order of preference: one named by DEPLOYCTL_TEST_DSN; a testcontainers
+PostgreSQL where a Docker engine answers; else a throwaway cluster from the local binaries
+(deployctl.localpg, run as the `postgres` user when we are root). Each test gets fresh
+databases from pytest-postgresql's DatabaseJanitor. Nothing is skipped: a missing server is an
+error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from psycopg.conninfo import conninfo_to_dict
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from deployctl.localpg import LocalCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+SOCIAL = ROOT / "examples" / "social"
+
+
+def _docker_reachable() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of the `postgres` database on a real server (superuser)."""
+    named = os.environ.get("DEPLOYCTL_TEST_DSN")
+    if named:
+        yield named
+        return
+    if _docker_reachable():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:15", driver=None).with_command(
+            "postgres -c wal_level=logical"
+        ) as container:
+            yield container.get_connection_url()
+        return
+    cluster = LocalCluster(tmp_path_factory.mktemp("pg"))
+    yield cluster.start()
+    cluster.destroy()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dsn(server: str, dbname: str) -> str:
+    """A postgresql:// URL (what Alembic's env.py expects) for `dbname` on the server."""
+    params = conninfo_to_dict(server)
+    password = f":{params['password']}" if params.get("password") else ""
+    return (f"postgresql://{params.get('user', 'postgres')}{password}@{params['host']}:"
+            f"{params.get('port', 5432)}/{dbname}")
+
+
+@dataclass
+class Env:
+    """One test's world: its own application and state databases, folder and ports."""
+
+    server: str
+    dbname: str
+    state_dbname: str
+    dir: Path
+    blue_port: int
+    green_port: int
+
+    @property
+    def app_dsn(self) -> str:
+        return _dsn(self.server, self.dbname)
+
+    @property
+    def state_dsn(self) -> str:
+        return _dsn(self.server, self.state_dbname)
+
+    @property
+    def workdir(self) -> Path:
+        return self.dir / "work"
+
+    def connect(self, dbname: str | None = None) -> psycopg.Connection[Any]:
+        return psycopg.connect(_dsn(self.server, dbname or self.dbname), autocommit=True)
+
+    def playbook(self, version: str = "2", *, name: str | None = None, **changes: Any) -> Path:
+        """Write a playbook for `version` of the sample app; `changes` override sections."""
+        port = self.blue_port if version == "1" else self.green_port
+        base = f"http://127.0.0.1:{port}"
+        data: dict[str, Any] = {
+            "app": "social",
+            "version": version,
+            "workdir": str(self.workdir),
+            "database": {"dsn": self.app_dsn, "state_dsn": self.state_dsn, "rollback": "restore",
+                         "lock_timeout": "2s"},
+            "migrations": {"alembic_ini": str(SOCIAL / "alembic.ini"),
+                           "target": "0001" if version == "1" else "0002"},
+            "deploy": {
+                "command": [sys.executable, str(SOCIAL / "app.py"), "serve", "--version", version,
+                            "--port", str(port)],
+                "env": {"DATABASE_URL": self.app_dsn},
+                "health": {"url": f"{base}/health", "timeout": "20s"},
+                "stop_timeout": "5s",
+            },
+            "smoke": [{"name": "feed answers",
+                       "http": {"url": f"{base}/feed", "status": 200, "body_contains": "messages"}}],
+        }
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        path = self.dir / (name or f"social-v{version}-{uuid.uuid4().hex[:6]}.yaml")
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def cli(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the real `deployctl` command in a child process."""
+        return subprocess.run(
+            [sys.executable, "-m", "deployctl", *args], capture_output=True, text=True,
+            env={**os.environ, **(env or {})}, timeout=timeout, check=False, cwd=self.dir,
+        )
+
+    def revision(self) -> str | None:
+        with self.connect() as conn:
+            exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+            if not exists or not exists[0]:
+                return None
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            return row[0] if row else None
+
+    def release_row(self, release_id: int | None = None) -> dict[str, Any] | None:
+        with psycopg.connect(self.state_dsn, row_factory=psycopg.rows.dict_row) as conn:
+            if conn.execute("SELECT to_regclass('deployctl.releases')").fetchone()["to_regclass"] is None:
+                return None
+            return conn.execute(
+                "SELECT * FROM deployctl.releases WHERE id = coalesce(%s, (SELECT max(id) FROM "
+                "deployctl.releases))", (release_id,)).fetchone()
+
+    def events(self, release_id: int) -> list[tuple[str, str]]:
+        with psycopg.connect(self.state_dsn) as conn:
+            return conn.execute("SELECT step, phase FROM deployctl.events WHERE release_id = %s "
+                                "ORDER BY id", (release_id,)).fetchall()
+
+    def stop_apps(self) -> None:
+        import json
+        import signal
+
+        for pidfile in (self.workdir / "run").glob("*/*.pid"):
+            try:
+                os.killpg(int(json.loads(pidfile.read_text())["pid"]), signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass
+
+
+def _janitor(server: str, dbname: str) -> DatabaseJanitor:
+    params = conninfo_to_dict(server)
+    return DatabaseJanitor(user=str(params.get("user", "postgres")), host=str(params["host"]),
+                           port=int(params.get("port", 5432)), dbname=dbname,
+                           password=params.get("password"))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def env(pg_server: str, tmp_path: Path) -> Iterator[Env]:
+    suffix = uuid.uuid4().hex[:8]
+    world = Env(pg_server, f"social_{suffix}", f"state_{suffix}", tmp_path, free_port(), free_port())
+    world.workdir.mkdir()
+    janitors = [_janitor(pg_server, world.dbname), _janitor(pg_server, world.state_dbname)]
+    for janitor in janitors:
+        janitor.init()
+    try:
+        yield world
+    finally:
+        world.stop_apps()
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            leftovers = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                     (f"%{suffix}%",)).fetchall()
+            for (name,) in leftovers:
+                conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    psycopg.sql.Identifier(name)))
+
+
+def migrate_to(world: Env, revision: str) -> None:
+    """Bring the app database to `revision` with the sample app's own Alembic setup."""
+    subprocess.run([sys.executable, "-m", "alembic", "-c", str(SOCIAL / "alembic.ini"), "upgrade",
+                    revision], env={**os.environ, "DATABASE_URL": world.app_dsn}, check=True,
+                   capture_output=True)
+
+
+def seed(world: Env, users: int = 10, messages: int = 30) -> None:
+    subprocess.run([sys.executable, str(SOCIAL / "app.py"), "seed", "--users", str(users),
+                    "--messages", str(messages)], env={**os.environ, "DATABASE_URL": world.app_dsn},
+                   check=True, capture_output=True)
