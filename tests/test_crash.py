@@ -1,0 +1,133 @@
+"""deployctl killed with SIGKILL inside every step; `resume` and `rollback` both finish the job.
+
+The failpoint (deployctl/failpoints.py) picks the exact moment: right after a step's `started`
+event (nothing done yet) or right after it acted (done, but the journal does not know). After
+the kill, the database must be in a state one of the two versions runs on, and the journal must
+tell the truth about what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from tests.conftest import Env, seed
+
+pytestmark = pytest.mark.integration
+
+FORWARD = ["preflight", "snapshot", "migrate", "deploy", "smoke", "finalize"]
+ROLLBACK = ["rollback.blue", "rollback.green", "rollback.database"]
+
+
+def answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def counts(env: Env) -> tuple[int, int, int]:
+    with env.connect() as conn:
+        row = conn.execute("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM messages), "
+                           "(SELECT count(*) FROM likes)").fetchone()
+    assert row is not None
+    return row
+
+
+def v1_live(env: Env) -> tuple[int, int, int]:
+    done = env.cli("release", str(env.playbook("1")))
+    assert done.returncode == 0, done.stderr
+    seed(env)
+    return counts(env)
+
+
+def assert_journal_truthful(env: Env, release_id: int, killed_step: str) -> None:
+    events = env.events(release_id)
+    # The killed run's last event is the killed step's `started`: nothing claims more.
+    first_run = events[: events.index((killed_step, "started")) + 1]
+    assert (killed_step, "done") not in first_run
+    for step, phase in events:
+        if phase == "done":
+            assert events.index((step, "started")) < events.index((step, "done"))
+    # Each step is done at most once.
+    done_steps = [step for step, phase in events if phase == "done"]
+    assert len(done_steps) == len(set(done_steps))
+
+
+def assert_released(env: Env, release_id: int) -> None:
+    row = env.release_row(release_id)
+    assert row is not None and row["status"] == "released"
+    assert env.revision() == "0002"
+    assert answers(env.green_port)
+    assert not answers(env.blue_port), "finalize stops version 1"
+    assert [s for s, p in env.events(release_id) if p == "done"] == FORWARD
+
+
+def assert_rolled_back(env: Env, release_id: int, before: tuple[int, int, int]) -> None:
+    row = env.release_row(release_id)
+    assert row is not None and row["status"] == "rolled_back"
+    assert env.revision() == "0001"
+    assert counts(env) == before
+    assert answers(env.blue_port), "version 1 serves again"
+    assert not answers(env.green_port), "version 2 is stopped"
+
+
+@pytest.mark.parametrize("point", ["started", "acted"])
+@pytest.mark.parametrize("step", FORWARD)
+def test_kill_in_forward_step_then_resume_finishes_the_release(env: Env, step: str, point: str) -> None:
+    v1_live(env)
+    playbook = str(env.playbook("2"))
+    killed = env.cli("release", playbook, env={"DEPLOYCTL_FAILPOINT": f"{step}:{point}"})
+    assert killed.returncode == -9
+    assert env.release_row(2)["status"] == "running"
+
+    resumed = env.cli("resume", "--json", "--state-dsn", env.state_dsn)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "released"
+    assert_released(env, 2)
+    assert_journal_truthful(env, 2, step)
+
+
+@pytest.mark.parametrize("point", ["started", "acted"])
+@pytest.mark.parametrize("step", FORWARD)
+def test_kill_in_forward_step_then_rollback_restores_version_1(env: Env, step: str, point: str) -> None:
+    before = v1_live(env)
+    playbook = str(env.playbook("2"))
+    killed = env.cli("release", playbook, env={"DEPLOYCTL_FAILPOINT": f"{step}:{point}"})
+    assert killed.returncode == -9
+
+    rolled = env.cli("rollback", "--json", "-p", playbook)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert json.loads(rolled.stdout)["status"] == "rolled_back"
+    assert_rolled_back(env, 2, before)
+    assert_journal_truthful(env, 2, step)
+
+
+@pytest.mark.parametrize("command", ["resume", "rollback"])
+@pytest.mark.parametrize("point", ["started", "acted"])
+@pytest.mark.parametrize("step", ROLLBACK)
+def test_kill_during_rollback_then_resume_or_rollback_finishes_it(
+    env: Env, step: str, point: str, command: str
+) -> None:
+    before = v1_live(env)
+    broken = env.playbook("2", deploy={**_default_deploy(env), "env": {
+        "DATABASE_URL": env.app_dsn, "SOCIAL_FAIL": "1"}})
+    killed = env.cli("release", str(broken), env={"DEPLOYCTL_FAILPOINT": f"{step}:{point}"})
+    assert killed.returncode == -9
+    assert env.release_row(2)["status"] == "rolling_back"
+
+    finished = env.cli(command, "--json", "--state-dsn", env.state_dsn)
+    # resume finishes the rollback the release was doing: the release failed (exit 1);
+    # an explicit rollback did what it was asked (exit 0).
+    assert finished.returncode == (1 if command == "resume" else 0), finished.stderr
+    assert_rolled_back(env, 2, before)
+    assert_journal_truthful(env, 2, step)
+
+
+def _default_deploy(env: Env) -> dict[str, object]:
+    return dict(yaml.safe_load(env.playbook("2").read_text())["deploy"])
