@@ -24,7 +24,7 @@ from deployctl.redact import redact
 
 def _emit(data: Any, as_json: bool, text: Callable[[], str]) -> None:
     if as_json:
-        click.echo(redact(json.dumps(data, indent=2, default=str)))
+        click.echo(redact(json.dumps(redact(data), indent=2, default=str)))
     else:
         click.echo(redact(text()))
 

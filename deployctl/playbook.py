@@ -181,8 +181,11 @@ class Playbook(Model):
     @field_validator("version", mode="before")
     @classmethod
     def _version_text(cls, value: Any) -> Any:
-        # `version: 2` in YAML is an int; a version is a label.
-        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        # `version: 2` in YAML is an int; a version is a label. `version: 1.10` would silently
+        # become 1.1: refuse it.
+        if isinstance(value, float):
+            raise ValueError(f"write the version in quotes (YAML reads {value!r} as a number)")
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @property
     def sha256(self) -> str:

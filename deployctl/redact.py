@@ -6,6 +6,7 @@ log line and every CLI output passes through `redact()`.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -19,11 +20,12 @@ _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)([^@\s]+)(@)")
 
 
 def register_secret(value: str) -> None:
-    if len(value) >= _MIN_SECRET_LEN:
-        _secrets.add(value)
-        password = conninfo_password(value)
-        if password:
-            _secrets.add(password)
+    if len(value) < _MIN_SECRET_LEN:
+        return
+    password = conninfo_password(value)
+    for secret in (value, password) if password else (value,):
+        # Also as repr() and JSON would escape it, for messages that quote the value.
+        _secrets.update({secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]})
 
 
 def conninfo_password(dsn: str) -> str | None:

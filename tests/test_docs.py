@@ -1,0 +1,110 @@
+"""The README keeps up with the code: commands, exit codes and the sample playbooks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from deployctl import errors, playbook
+from deployctl.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+PLAYBOOKS = sorted((ROOT / "playbooks").glob("*.yaml"))
+# Distinctive, so that what load() registers as a secret masks nothing else in this process.
+SOCIAL_URL = "postgresql://docs-test@127.0.0.1:5432/social_docs_test"
+
+
+def _commands() -> dict[str, click.Command]:
+    assert isinstance(main, click.Group)
+    with click.Context(main) as ctx:
+        found = {name: main.get_command(ctx, name) for name in main.list_commands(ctx)}
+    return {name: command for name, command in found.items() if command is not None}
+
+
+def _exit_code_table() -> dict[int, str]:
+    section = README.split("### Exit codes", 1)[1]
+    rows = re.findall(r"^\|\s*(\d+)\s*\|(.*)\|\s*$", section.split("\n## ", 1)[0], flags=re.M)
+    return {int(code): meaning.strip() for code, meaning in rows}
+
+
+def test_the_cli_has_commands() -> None:
+    assert {"release", "plan", "status", "history", "resume", "rollback"} <= set(_commands())
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_every_command_has_help_text(name: str) -> None:
+    command = _commands()[name]
+    assert command.help and command.help.strip()
+    assert command.get_short_help_str().strip()
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_every_option_of_every_command_has_help_text(name: str) -> None:
+    command = _commands()[name]
+    missing = [p.name for p in command.params if isinstance(p, click.Option) and not p.help]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_every_command_is_in_the_readme(name: str) -> None:
+    assert f"`deployctl {name}" in README
+
+
+def test_every_command_the_readme_names_exists() -> None:
+    named = set(re.findall(r"`deployctl ([a-z][a-z-]*)", README))
+    assert named and named <= set(_commands())
+
+
+def test_exit_codes_are_zero_to_four() -> None:
+    codes = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    assert sorted(codes.values()) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("code", [0, 1, 2, 3, 4])
+def test_every_exit_code_is_in_the_readme_table(code: int) -> None:
+    assert code in {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    assert _exit_code_table().get(code), f"exit code {code} missing from README's exit-code table"
+
+
+def test_every_error_class_exits_with_a_documented_code() -> None:
+    def subclasses(cls: type[errors.DeployctlError]) -> list[type[errors.DeployctlError]]:
+        return [cls] + [c for sub in cls.__subclasses__() for c in subclasses(sub)]
+
+    documented = set(_exit_code_table())
+    for cls in subclasses(errors.DeployctlError):
+        assert cls.exit_code in documented, cls.__name__
+
+
+@pytest.fixture
+def social_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SOCIAL_DATABASE_URL set as the demo sets it; the optional SOCIAL_* knobs at their defaults."""
+    for name in ("SOCIAL_BLUE_PORT", "SOCIAL_GREEN_PORT", "SOCIAL_ROLLBACK", "SOCIAL_FAIL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SOCIAL_DATABASE_URL", SOCIAL_URL)
+
+
+def test_there_are_sample_playbooks() -> None:
+    assert PLAYBOOKS
+
+
+@pytest.mark.parametrize("path", PLAYBOOKS, ids=lambda p: p.name)
+def test_sample_playbook_validates(path: Path, social_env: None) -> None:
+    pb = playbook.load(path)
+    assert pb.app == "social"
+    assert pb.database.dsn == SOCIAL_URL
+    assert pb.deploy.env["DATABASE_URL"] == SOCIAL_URL
+    assert pb.migrations.alembic_ini.is_file()
+
+
+@pytest.mark.parametrize("path", PLAYBOOKS, ids=lambda p: p.name)
+def test_sample_playbook_without_its_database_url_names_the_variable(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SOCIAL_DATABASE_URL", raising=False)
+    with pytest.raises(errors.PlaybookError, match="SOCIAL_DATABASE_URL is not set") as caught:
+        playbook.load(path)
+    assert caught.value.field == "database.dsn"

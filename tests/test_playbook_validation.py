@@ -1,0 +1,255 @@
+"""Malformed playbooks are refused by the real CLI with one line, exit code 2, nothing touched.
+
+Each bad playbook starts from a valid one (`Env.playbook`) with exactly one thing broken, so the
+message can only be about that thing. "Nothing touched" means: no journal in the state database,
+no Alembic table in the application database, no workdir folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Env
+
+pytestmark = pytest.mark.integration
+
+# Not set in any sane environment; the test also deletes it to be sure.
+UNSET = "DEPLOYCTL_TEST_NEVER_SET_7F3A"
+SECRET_VAR = "DEPLOYCTL_TEST_SOME_SECRET"
+SECRET_VALUE = "Hunter2-Sideways-S3cret"  # invalid as an app name, a URL and a rollback mode
+
+Break = Callable[[dict[str, Any], Env], Any]
+
+
+@dataclass(frozen=True)
+class Case:
+    """`breaks` turns the valid playbook into what is written: a mapping or a list is dumped as
+    YAML, a string is written as it is, None writes no file at all."""
+
+    breaks: Break
+    field: str  # the field path the message must name ("" when the whole file is wrong)
+    expected: tuple[str, ...]  # fragments saying what was expected
+
+
+def _set(path: str, value: Any) -> Break:
+    """Set a dotted path (`smoke.0.http.status`) in the playbook to `value`."""
+
+    def breaks(data: dict[str, Any], _: Env) -> dict[str, Any]:
+        *parents, last = path.split(".")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = value
+        return data
+
+    return breaks
+
+
+def _delete(path: str) -> Break:
+    def breaks(data: dict[str, Any], _: Env) -> dict[str, Any]:
+        *parents, last = path.split(".")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        del node[last]
+        return data
+
+    return breaks
+
+
+def _rename(old: str, new: str) -> Break:
+    def breaks(data: dict[str, Any], _: Env) -> dict[str, Any]:
+        # Keep the key's place so the file still reads like a real typo.
+        return {new if key == old else key: value for key, value in data.items()}
+
+    return breaks
+
+
+def _not_yaml(data: dict[str, Any], _: Env | None) -> str:
+    text = yaml.safe_dump(data, sort_keys=False)
+    return text.replace("  rollback: restore\n", "  rollback: restore: now\n")
+
+
+def _yaml_error_position(data: dict[str, Any]) -> str:
+    lines = _not_yaml(data, None).splitlines()
+    number = next(i for i, line in enumerate(lines) if "restore: now" in line)
+    return f"line {number + 1}, column {lines[number].index(': now') + 1}"
+
+
+def _second_smoke_check_status_700(data: dict[str, Any], _: Env) -> dict[str, Any]:
+    first = data["smoke"][0]
+    data["smoke"].append({"name": "home answers", "http": {**first["http"], "status": 700}})
+    return data
+
+
+def _both_http_and_sql(data: dict[str, Any], _: Env) -> dict[str, Any]:
+    data["smoke"][0]["sql"] = "select true"
+    return data
+
+
+def _missing_alembic_ini(data: dict[str, Any], env: Env) -> dict[str, Any]:
+    data["migrations"]["alembic_ini"] = str(env.dir / "nowhere" / "alembic.ini")
+    return data
+
+
+CASES = [
+    pytest.param(Case(_not_yaml, "<yaml position>", ("not valid YAML", "mapping values are not allowed")),
+                 id="not-yaml-syntax-error"),
+    pytest.param(Case(lambda data, _: [data], "", ("expected a mapping",)), id="top-level-is-a-list"),
+    pytest.param(Case(_delete("app"), "app", ("required setting is missing",)), id="missing-app"),
+    pytest.param(Case(_set("app", "Social App"), "app", ("should match pattern", "'Social App'")),
+                 id="app-name-uppercase-and-space"),
+    pytest.param(Case(_set("version", ""), "version", ("at least 1 character",)), id="empty-version"),
+    pytest.param(Case(_rename("smoke", "smoek"), "smoek", ("unknown setting",)),
+                 id="unknown-top-level-key-typo"),
+    pytest.param(Case(_set("deploy.health.path", "/health"), "deploy.health.path", ("unknown setting",)),
+                 id="unknown-nested-key"),
+    pytest.param(Case(_delete("deploy.health"), "deploy.health", ("required setting is missing",)),
+                 id="missing-nested-section"),
+    pytest.param(Case(_set("database.rollback", "sideways"), "database.rollback",
+                      ("'keep', 'downgrade' or 'restore'", "'sideways'")), id="rollback-sideways"),
+    pytest.param(Case(_set("database.dsn", "mysql://app@localhost/social"), "database.dsn",
+                      ("postgresql://",)), id="dsn-not-postgres-url"),
+    pytest.param(Case(_set("database.state_dsn", "host=localhost dbname=deployctl"), "database.state_dsn",
+                      ("postgresql://",)), id="state-dsn-not-postgres-url"),
+    pytest.param(Case(_set("database.lock_timeout", "soon"), "database.lock_timeout",
+                      ("expected a duration", "'soon'")), id="lock-timeout-not-a-duration"),
+    pytest.param(Case(_set("database.statement_timeout", "-5s"), "database.statement_timeout",
+                      ("expected a duration", "'-5s'")), id="negative-duration-text"),
+    pytest.param(Case(_set("deploy.health.timeout", -5), "deploy.health.timeout",
+                      ("expected a positive duration", "-5")), id="negative-duration-number"),
+    pytest.param(Case(_set("database.lock_retries", -1), "database.lock_retries",
+                      ("greater than or equal to 0", "-1")), id="negative-lock-retries"),
+    pytest.param(Case(_missing_alembic_ini, "migrations.alembic_ini", ("file not found", "alembic.ini")),
+                 id="alembic-ini-missing-file"),
+    pytest.param(Case(_set("deploy.command", []), "deploy.command", ("at least 1 item",)),
+                 id="deploy-command-empty"),
+    pytest.param(Case(_set("deploy.transport", "ssh"), "deploy.transport", ("'local'", "'ssh'")),
+                 id="deploy-transport-unknown"),
+    pytest.param(Case(_set("deploy.health.url", "ftp://127.0.0.1/health"), "deploy.health.url",
+                      ("should match pattern", "https?://", "'ftp://127.0.0.1/health'")),
+                 id="health-url-not-http"),
+    pytest.param(Case(_both_http_and_sql, "smoke[0]", ("exactly one of `http` or `sql`",)),
+                 id="smoke-check-with-http-and-sql"),
+    pytest.param(Case(_delete("smoke.0.http"), "smoke[0]", ("exactly one of `http` or `sql`",)),
+                 id="smoke-check-with-neither-http-nor-sql"),
+    pytest.param(Case(_second_smoke_check_status_700, "smoke[1].http.status", ("less than 600", "700")),
+                 id="smoke-1-http-status-700"),
+    pytest.param(Case(_set("smoke.0.http.method", "DELETE"), "smoke[0].http.method",
+                      ("'GET', 'HEAD' or 'POST'", "'DELETE'")), id="smoke-http-method-unknown"),
+    pytest.param(Case(_set("snapshot", {"jobs": 0}), "snapshot.jobs", ("greater than or equal to 1", "0")),
+                 id="snapshot-jobs-zero"),
+    pytest.param(Case(_set("snapshot", {"jobs": "many"}), "snapshot.jobs", ("valid integer", "'many'")),
+                 id="snapshot-jobs-not-a-number"),
+    pytest.param(Case(_set("deploy.command.5", f"${{{UNSET}}}"), "deploy.command[5]",
+                      (f"environment variable {UNSET} is not set",)), id="unset-variable-in-list"),
+    pytest.param(Case(_set("database.dsn", f"${{{UNSET}}}"), "database.dsn",
+                      (f"environment variable {UNSET} is not set", f"${{{UNSET}:-default}}")),
+                 id="unset-variable"),
+    pytest.param(Case(lambda data, _: None, "", ("cannot read the playbook", "No such file")),
+                 id="missing-playbook-file"),
+]
+
+
+def _assert_nothing_touched(env: Env, workdir: Path) -> None:
+    assert env.release_row() is None
+    with env.connect(env.state_dbname) as conn:
+        assert conn.execute("SELECT to_regnamespace('deployctl')").fetchone() == (None,)
+    assert env.revision() is None
+    assert not workdir.exists()
+    assert list(env.workdir.iterdir()) == []
+
+
+def _valid(env: Env) -> tuple[dict[str, Any], Path]:
+    """The valid playbook as data, with a workdir that does not exist yet."""
+    data = yaml.safe_load(env.playbook("1").read_text())
+    workdir = env.dir / "release-work"
+    data["workdir"] = str(workdir)
+    return data, workdir
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_malformed_playbook_is_refused_with_one_line_and_touches_nothing(
+    env: Env, case: Case, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(UNSET, raising=False)
+    data, workdir = _valid(env)
+    field = _yaml_error_position(data) if case.field == "<yaml position>" else case.field
+    name = f"{request.node.callspec.id}.yaml"
+    bad = case.breaks(data, env)
+    if isinstance(bad, str):
+        (env.dir / name).write_text(bad)
+    elif bad is not None:
+        (env.dir / name).write_text(yaml.safe_dump(bad, sort_keys=False))
+
+    done = env.cli("release", name)
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    line = lines[0]
+    where = f"{name}: {field}: " if field else f"{name}: "
+    assert line.startswith(f"error: {where}"), line
+    for fragment in case.expected:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    _assert_nothing_touched(env, workdir)
+
+
+def test_plan_of_a_valid_playbook_lists_the_steps_and_touches_nothing(env: Env) -> None:
+    data, workdir = _valid(env)
+    (env.dir / "good.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    done = env.cli("plan", "good.yaml")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "social 1:",
+        "  preflight", "  snapshot", "  migrate", "  deploy", "  smoke", "  finalize",
+        "  on failure: rollback.blue", "  on failure: rollback.green",
+        "  on failure: rollback.database (database: restore)",
+    ]
+    as_json = env.cli("plan", "--json", "good.yaml")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["steps"][:6] == [
+        "preflight", "snapshot", "migrate", "deploy", "smoke", "finalize"]
+    _assert_nothing_touched(env, workdir)
+
+
+@pytest.mark.parametrize(("field_path", "secret"), [
+    pytest.param("database.rollback", SECRET_VALUE, id="rollback"),
+    pytest.param("app", SECRET_VALUE, id="app"),
+    pytest.param("deploy.health.url", SECRET_VALUE, id="inside-a-url"),
+    # repr() escapes these characters, so a mask that looks for the raw value misses them.
+    pytest.param("app", "Sw0rd\\Fish-42", id="app-secret-with-backslash"),
+    pytest.param("database.rollback", "It's-\"Quoted\"-42", id="rollback-secret-with-both-quotes"),
+    pytest.param("database.lock_timeout", "Sw0rd\\Fish-42", id="duration-secret-with-backslash"),
+])
+def test_secret_from_the_environment_in_an_invalid_field_is_masked(
+    env: Env, field_path: str, secret: str
+) -> None:
+    data, workdir = _valid(env)
+    value = f"${{{SECRET_VAR}}}"
+    if field_path == "deploy.health.url":
+        value = f"ftp://{value}/health"
+    _set(field_path, value)(data, env)
+    (env.dir / "bad.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    done = env.cli("release", "bad.yaml", env={SECRET_VAR: secret})
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: bad.yaml: {field_path}: "), done.stderr
+    # Neither the value nor any escaped spelling of it: no word of it may show.
+    for word in re.findall(r"[A-Za-z0-9]{4,}", secret):
+        assert word not in done.stderr + done.stdout, lines[0]
+    assert "***" in lines[0]
+    _assert_nothing_touched(env, workdir)
