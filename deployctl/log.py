@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -11,8 +12,8 @@ import structlog
 from deployctl.redact import redact
 
 
-def _redact_event(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    return redact(event)  # type: ignore[no-any-return]
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    return redact(dict(event))  # type: ignore[no-any-return]
 
 
 def configure(*, json: bool | None = None, debug: bool = False) -> None:

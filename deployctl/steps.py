@@ -168,6 +168,10 @@ def database(run: Run) -> Outcome:
     if recorded is None:
         raise StepFailed("the release migrated but has no snapshot in the journal")
     base = recorded["manifest"]["alembic_revision"]
+    dsn = run.pb.database.dsn
+    if mode == "restore" and restore.in_progress(dsn, run.release_id):
+        # A crash mid-swap can leave no database under the live name: finish the swap first.
+        return _restore(run, Path(recorded["path"]), base)
     alembic = run.alembic
     current = alembic.current()
     if current == base:
@@ -177,10 +181,14 @@ def database(run: Run) -> Outcome:
     if mode == "downgrade":
         alembic.downgrade(base, retries=run.pb.database.lock_retries)
         return Outcome({"mode": mode, "action": f"downgraded {current} → {base or 'base'}"})
-    names = restore.load(run.pb.database.dsn, Path(recorded["path"]), run.release_id,
+    return _restore(run, Path(recorded["path"]), base)
+
+
+def _restore(run: Run, snapshot_path: Path, base: str | None) -> Outcome:
+    names = restore.load(run.pb.database.dsn, snapshot_path, run.release_id,
                          jobs=run.pb.snapshot.jobs)
     swapped = restore.swap(run.pb.database.dsn, names)
-    return Outcome({"mode": mode, "action": f"restored the snapshot at {base or 'base'}",
+    return Outcome({"mode": "restore", "action": f"restored the snapshot at {base or 'base'}",
                     **swapped})
 
 

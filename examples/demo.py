@@ -76,7 +76,8 @@ def main() -> int:
         code = deployctl("release", "playbooks/social-v2.yaml", env={**env, "SOCIAL_FAIL": "1"})
         if code != 1:
             failures.append(f"the broken version 2 should roll back (exit 1), got exit {code}")
-        with urllib.request.urlopen("http://127.0.0.1:18001/", timeout=5) as resp:
+        blue = f"http://127.0.0.1:{os.environ.get('SOCIAL_BLUE_PORT', '18001')}/"
+        with urllib.request.urlopen(blue, timeout=5) as resp:
             print(f"version 1 still serves: {resp.read().decode()}")
 
         banner("release 3: version 2, fixed")

@@ -127,3 +127,17 @@ def test_unfinished_release_blocks_the_next_one_until_resolved(env: Env) -> None
     status = env.cli("status", "--state-dsn", env.state_dsn, "--app", "social")
     assert "migrate" in status.stdout and "started" in status.stdout
     assert "no deployctl process is working on it: run `deployctl resume 2`" in status.stdout
+
+
+def test_failed_preflight_refuses_with_exit_2_and_touches_nothing(env: Env) -> None:
+    release_v1(env)
+    playbook = env.playbook("2", migrations={"target": "0009"})
+    done = env.cli("release", "--json", str(playbook))
+    assert done.returncode == 2, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "refused"
+    assert "unknown Alembic revision '0009'" in result["reason"]
+    assert [(s["step"], s["outcome"]) for s in result["steps"]] == [("preflight", "failed")]
+    assert env.revision() == "0001"
+    assert not list((env.workdir / "snapshots").glob("social-2-*"))
+    assert get(f"http://127.0.0.1:{env.blue_port}/feed")[0] == 200

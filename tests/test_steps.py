@@ -674,8 +674,11 @@ def test_restore_load_and_swap_again_change_nothing(env: Env, journal: Journal) 
     assert_restored(env, run, before)
     assert version_xmin(env) == written_by
     again = steps.database(run)
-    assert again.detail["action"] == "none: the database is still at 0001"
+    # Run again, the step reports the restore this release made, and closes nothing.
+    assert again.detail["action"] == "restored the snapshot at 0001"
+    assert again.detail["connections_closed"] == 0
     assert_restored(env, run, before)
+    assert version_xmin(env) == written_by
 
 
 def test_restore_swap_interrupted_after_the_first_rename_is_completed_by_swap_again(

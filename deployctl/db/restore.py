@@ -65,6 +65,14 @@ def _disconnect(conn: psycopg.Connection[Any], dbname: str) -> int:
     return len(rows)
 
 
+def in_progress(dsn: str, release_id: int) -> bool:
+    """Whether a restore for this release was loaded (and maybe half swapped) already."""
+    names = Names.for_release(str(conninfo_to_dict(dsn)["dbname"]), release_id)
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        return _exists(admin, names.failed) or _comment(admin, names.restored) == _LOADED.format(
+            release_id)
+
+
 def load(dsn: str, snapshot: Path, release_id: int, *, jobs: int) -> Names:
     """Restore `snapshot` into a new database beside the live one (idempotent)."""
     live = str(conninfo_to_dict(dsn)["dbname"])
@@ -72,7 +80,7 @@ def load(dsn: str, snapshot: Path, release_id: int, *, jobs: int) -> Names:
     marker = _LOADED.format(release_id)
     with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
         if _exists(admin, names.failed) or _comment(admin, names.restored) == marker:
-            return names  # loaded before (and maybe swapped already)
+            return names  # loaded before (and maybe swapped already): see in_progress()
         verify(snapshot)
         owner = admin.execute(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (live,)
