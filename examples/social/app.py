@@ -62,8 +62,8 @@ class Database:
     """A tiny pool that survives its database being terminated, renamed or swapped.
 
     A rollback by restore renames databases under the running app and terminates its
-    connections. Idle connections are therefore suspect: on any ``OperationalError`` the whole
-    idle set is thrown away and the work is retried once on a brand-new connection.
+    connections. Idle connections are therefore suspect: when one fails at BEGIN, the whole idle
+    set is thrown away and the transaction starts on a brand-new connection.
     """
 
     def __init__(self, conninfo: str, max_idle: int = 4, connect_timeout: int = 5) -> None:
@@ -106,32 +106,34 @@ class Database:
             conn.close()
 
     def run(self, work: Callable[[Conn], T]) -> T:
-        """Run ``work`` in one transaction, retrying once on a lost or refused connection.
+        """Run ``work`` in one transaction, on a fresh connection if the idle one is dead.
 
-        The retry can repeat a write whose COMMIT was sent but whose reply was lost; for this
-        demo app that rare duplicate is preferable to failing every request after a swap.
+        Only the BEGIN is retried: it writes nothing, so a stale connection (terminated by a
+        swap) is replaced safely. A failure after it is never retried, because a COMMIT whose
+        reply was lost may have happened, and repeating the write would apply it twice.
         """
-        for attempt in (1, 2):
-            conn: Conn | None = None
-            try:
-                conn = self._take() if attempt == 1 else self._connect()
-                with conn.transaction():
-                    result = work(conn)
-            except psycopg.OperationalError as exc:
-                if conn is not None:
-                    conn.close()
-                if attempt == 2:
-                    raise
-                log.warning("database connection lost (%s); reconnecting", exc.__class__.__name__)
-                self.close()
-                continue
-            except BaseException:
-                if conn is not None:
-                    self._give_back(conn)
-                raise
+        conn = self._take()
+        try:
+            conn.execute("BEGIN")
+        except psycopg.OperationalError as exc:
+            conn.close()
+            self.close()
+            log.warning("database connection lost (%s); reconnecting", exc.__class__.__name__)
+            conn = self._connect()
+            conn.execute("BEGIN")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except psycopg.OperationalError:
+            conn.close()
+            raise
+        except BaseException:
+            if not conn.closed:
+                conn.execute("ROLLBACK")
             self._give_back(conn)
-            return result
-        raise AssertionError("unreachable")
+            raise
+        self._give_back(conn)
+        return result
 
 
 class HttpError(Exception):
