@@ -11,11 +11,15 @@ import sys
 import traceback
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
+import psycopg
 
+from deployctl import delta as deltas
 from deployctl import engine, playbook
+from deployctl.db import capture
 from deployctl.errors import EXIT_OK, EXIT_ROLLBACK_FAILED, DeployctlError
 from deployctl.journal import OPEN_STATUSES, Journal
 from deployctl.log import configure
@@ -218,4 +222,117 @@ def history(app: str | None, limit: int, pb_path: str | None, state_dsn: str | N
         return "\n".join(rows)
 
     _emit(releases, as_json, text)
+    return EXIT_OK
+
+
+@main.group()
+def delta() -> None:
+    """Inspect, export and replay the changes users made during a release."""
+
+
+def _release_playbook(journal: Journal, release_id: int, pb_path: str | None) -> playbook.Playbook:
+    """The playbook given, else the one the release ran with (from the journal)."""
+    if pb_path:
+        return playbook.load(pb_path)
+    found = journal.get(release_id)
+    return playbook.parse(found.playbook_text, Path(found.playbook_path))
+
+
+@delta.command("show")
+@click.argument("release_id", type=int)
+@with_state
+@json_option
+@_errors
+def delta_show(release_id: int, pb_path: str | None, state_dsn: str | None, as_json: bool) -> int:
+    """Counts of the delta of RELEASE_ID per table and operation, and whether it is complete."""
+    with Journal(_state_dsn(pb_path, state_dsn)) as journal:
+        shown = deltas.show(journal, release_id)
+
+    def text() -> str:
+        lines = [f"delta of release #{release_id}: {shown['changes']} changes in "
+                 f"{shown['transactions']} transactions ({shown['mode']} capture, {shown['status']})"]
+        if shown["problem"]:
+            lines.append(f"  problem: {shown['problem']}")
+        for table, ops in shown["tables"].items():
+            lines.append(f"  {table:<32} " + ", ".join(f"{op} {n}" for op, n in sorted(ops.items())))
+        excluded = shown["excluded"]
+        lines.append(f"  left out: {excluded['in_snapshot']} transactions already in the snapshot, "
+                     f"{excluded['migrations']} migrations, {excluded['own_replays']} deployctl replays")
+        return "\n".join(lines)
+
+    _emit(shown, as_json, text)
+    return EXIT_OK
+
+
+@delta.command("export")
+@click.argument("release_id", type=int)
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="File to write (.jsonl.gz; default: under the playbook's workdir).")
+@with_state
+@json_option
+@_errors
+def delta_export(release_id: int, output: str | None, pb_path: str | None, state_dsn: str | None,
+                 as_json: bool) -> int:
+    """Write the delta as compressed JSON lines with a manifest (personal columns masked)."""
+    with Journal(_state_dsn(pb_path, state_dsn)) as journal:
+        pb = _release_playbook(journal, release_id, pb_path)
+        path = Path(output) if output else pb.workdir / "deltas" / f"{pb.app}-{release_id}.jsonl.gz"
+        manifest = deltas.export(journal, release_id, path, frozenset(pb.personal))
+    _emit(manifest, as_json, lambda: f"wrote {manifest['changes']} changes to {manifest['path']} "
+          f"(sha256 {manifest['sha256']}), manifest {manifest['manifest']}")
+    return EXIT_OK
+
+
+@delta.command("replay")
+@click.argument("release_id", type=int)
+@click.option("--into", "into", help="Database to replay into (default: the playbook's database).")
+@click.option("--dry-run", is_flag=True, help="Show exactly what would happen; change nothing.")
+@click.option("--on-conflict", type=click.Choice(["fail", "skip", "overwrite"]),
+              help="What to do with a conflicting row (default: the playbook's replay.on_conflict).")
+@click.option("--allow-incomplete", is_flag=True,
+              help="Replay a delta that is known to miss changes (a lost slot).")
+@with_state
+@json_option
+@_errors
+def delta_replay(release_id: int, into: str | None, dry_run: bool, on_conflict: str | None,
+                 allow_incomplete: bool, pb_path: str | None, state_dsn: str | None, as_json: bool) -> int:
+    """Replay the delta of RELEASE_ID, mapped to the target's schema; idempotent."""
+    with Journal(_state_dsn(pb_path, state_dsn)) as journal:
+        pb = _release_playbook(journal, release_id, pb_path)
+        report = deltas.replay_into(journal, pb, release_id, into or pb.database.dsn,
+                                    on_conflict=on_conflict, dry_run=dry_run,
+                                    allow_incomplete=allow_incomplete)
+    data = report.as_dict()
+
+    def text() -> str:
+        lines = [("dry run: " if dry_run else "") + report.summary()]
+        for name, t in data["tables"].items():
+            lines.append(f"  {name:<24} inserted {t['inserted']}, updated {t['updated']}, deleted "
+                         f"{t['deleted']}, already there {t['already']}, skipped {t['skipped']}"
+                         + (", table missing" if t["missing"] else "")
+                         + (", side effect: not replayed" if t["side_effect"] else ""))
+        for c in data["conflicts"]:
+            lines.append(f"  conflict {c['kind']} in {c['table']} at {c['key']}: delta {c['ours']}, "
+                         f"database {c['theirs']} ({c['resolution']})")
+        return "\n".join(lines)
+
+    _emit(data, as_json, text)
+    return EXIT_OK
+
+
+@main.command()
+@click.option("-p", "--playbook", "pb_path", required=True, type=click.Path(dir_okay=False),
+              envvar="DEPLOYCTL_PLAYBOOK", help="Playbook of the application to clean up.")
+@json_option
+@_errors
+def cleanup(pb_path: str, as_json: bool) -> int:
+    """Drop replication slots, publications and capture triggers left by finished releases."""
+    pb = playbook.load(pb_path)
+    with Journal(engine.state_dsn(pb)) as journal:
+        unfinished = journal.open_release(pb.app)
+        keep = {capture.object_name(pb.app, unfinished.id)} if unfinished else set()
+        with psycopg.connect(pb.database.dsn, autocommit=True) as conn:
+            dropped = capture.cleanup(conn, pb.app, keep)
+    _emit({"dropped": dropped}, as_json,
+          lambda: "\n".join(f"dropped {d}" for d in dropped) or "nothing to clean up")
     return EXIT_OK

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deployctl import failpoints
+from deployctl.db import capture
 from deployctl.errors import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -89,16 +90,47 @@ def _step(run: Run, name: str, action: Callable[[Run], Outcome]) -> None:
     log.info("step done", step=name, release=rid, duration_s=seconds, **outcome.detail)
 
 
+class _CaptureWorker:
+    """Drains the capture in the background between the snapshot and the end of the release."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.worker: capture.Worker | None = None
+
+    def ensure(self) -> None:
+        row = self.run.journal.capture(self.run.release_id)
+        if self.worker is None and row and row["status"] == "active":
+            self.worker = capture.Worker(self.run.pb.database.dsn, self.run.journal.dsn,
+                                         capture.CaptureInfo.from_row(row), self.run.pb.capture.interval)
+            self.worker.start()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            if self.worker.lost:
+                self.run.journal.set_capture(self.run.release_id, "incomplete", self.worker.lost)
+            self.worker = None
+
+
 def _forward(run: Run) -> str:
-    for name, action in FORWARD:
-        try:
-            _step(run, name, action)
-        except Refused as exc:
-            run.journal.set_status(run.release_id, "refused", f"preflight: {exc}")
-            return "refused"
-        except (Exception, KeyboardInterrupt) as exc:
-            reason = f"{name} failed: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}"
-            return _rollback(run, redact(reason))
+    worker = _CaptureWorker(run)
+    try:
+        for name, action in FORWARD:
+            if name == "finalize":
+                worker.stop()  # finalize drains the rest itself
+            try:
+                _step(run, name, action)
+            except Refused as exc:
+                run.journal.set_status(run.release_id, "refused", f"preflight: {exc}")
+                return "refused"
+            except (Exception, KeyboardInterrupt) as exc:
+                worker.stop()
+                reason = f"{name} failed: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}"
+                return _rollback(run, redact(reason))
+            if name != "finalize":
+                worker.ensure()
+    finally:
+        worker.stop()
     return "released"
 
 

@@ -284,6 +284,30 @@ class Journal:
         ).fetchone()
         return dict(row) if row else None
 
+    def record_capture(self, release_id: int, mode: str, name: str | None, snapshot: str) -> None:
+        self.conn.execute(
+            """INSERT INTO deployctl.captures (release_id, mode, slot, publication, snapshot)
+               VALUES (%s, %s, %s, %s, %s) ON CONFLICT (release_id) DO NOTHING""",
+            (release_id, mode, name if mode == "logical" else None,
+             name if mode == "logical" else None, snapshot),
+        )
+
+    def capture(self, release_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT * FROM deployctl.captures WHERE release_id = %s", (release_id,)
+        ).fetchone()
+        return dict(row) if row else None
+
+    def set_capture(self, release_id: int, status: str, problem: str | None = None) -> None:
+        """Mark a capture stopped or incomplete (an incomplete one never becomes whole again)."""
+        self.conn.execute(
+            """UPDATE deployctl.captures SET problem = COALESCE(%s, problem),
+                   status = CASE WHEN status = 'incomplete' THEN status ELSE %s END,
+                   stopped_at = CASE WHEN %s = 'active' THEN NULL ELSE clock_timestamp() END
+               WHERE release_id = %s""",
+            (problem, status, status, release_id),
+        )
+
     def set_live(self, app: str, version: str, release_id: int) -> None:
         self.conn.execute(
             """INSERT INTO deployctl.apps (app, live_version, release_id) VALUES (%s, %s, %s)

@@ -29,7 +29,6 @@ SERVER_SETTINGS = {
     "max_replication_slots": "10",
     "max_wal_senders": "10",
     "fsync": "off",
-    "synchronous_commit": "off",
     "full_page_writes": "off",
     "max_connections": "100",
 }

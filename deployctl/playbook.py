@@ -97,6 +97,38 @@ class SnapshotConfig(Model):
     jobs: int = Field(default=2, ge=1, le=64)
 
 
+class CaptureConfig(Model):
+    mode: Literal["auto", "logical", "trigger"] = "auto"
+    schemas: list[str] = Field(default_factory=lambda: ["public"], min_length=1)
+    interval: Duration = 1.0
+
+
+class ColumnMap(Model):
+    """Where a column of the old schema takes its value from, in the new version's row."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    from_: str | None = Field(default=None, alias="from", min_length=1)
+    expr: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ColumnMap:
+        if (self.from_ is None) == (self.expr is None):
+            raise ValueError("give exactly one of `from` (a column of the new version) or `expr` "
+                             "(SQL over the new version's row as jsonb `new`)")
+        return self
+
+
+class TableMapConfig(Model):
+    to: str | None = Field(default=None, min_length=1)
+    columns: dict[str, ColumnMap] = Field(default_factory=dict)
+
+
+class ReplayConfig(Model):
+    on_conflict: Literal["fail", "skip", "overwrite"] = "skip"
+    side_effects: list[str] = Field(default_factory=list)
+    tables: dict[str, TableMapConfig] = Field(default_factory=dict)
+
+
 class HealthConfig(Model):
     url: str = Field(pattern=r"^https?://")
     timeout: Duration = 30.0
@@ -166,8 +198,19 @@ class Playbook(Model):
     database: DatabaseConfig
     migrations: MigrationsConfig
     snapshot: SnapshotConfig = SnapshotConfig()
+    capture: CaptureConfig = CaptureConfig()
     deploy: DeployConfig
     smoke: list[SmokeCheck] = Field(default_factory=list)
+    replay: ReplayConfig = ReplayConfig()
+    personal: list[str] = Field(default_factory=list)
+
+    @field_validator("personal")
+    @classmethod
+    def _table_dot_column(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[^.\s]+\.[^.\s]+", item):
+                raise ValueError(f"expected table.column, got {item!r}")
+        return value
 
     # Where the playbook came from: filled in by load(), not by the YAML.
     source_path: Path = Field(default=Path("."), exclude=True)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from deployctl.db import capture
 from deployctl.db.libpq import tool_version
 from deployctl.db.migrate import Alembic
 from deployctl.errors import DeployctlError
@@ -88,6 +89,22 @@ def _migrations(alembic: Alembic, target: str) -> Check:
     return Check("migrations", "pass", f"database at {current or 'base'}, target {resolved}")
 
 
+def _capture(pb: Playbook) -> Check:
+    """Whether every user action of the release can be captured."""
+    with psycopg.connect(pb.database.dsn, connect_timeout=10) as conn:
+        mode = capture.capture_mode(conn, "auto")
+        keyless = capture.tables_without_key(conn, pb.capture.schemas)
+    if pb.capture.mode == "logical" and mode != "logical":
+        return Check("capture", "fail", "logical capture needs wal_level=logical, PostgreSQL 15+ and a "
+                     "superuser: change the server or role, or set capture.mode: trigger")
+    if keyless:
+        return Check("capture", "fail", f"tables without a primary key: {', '.join(keyless)}; their "
+                     "changes could not be replayed: add primary keys, or move them out of "
+                     f"capture.schemas ({', '.join(pb.capture.schemas)})")
+    chosen = mode if pb.capture.mode == "auto" else pb.capture.mode
+    return Check("capture", "pass", f"{chosen} capture of schemas {', '.join(pb.capture.schemas)}")
+
+
 def run(pb: Playbook, alembic: Alembic) -> list[Check]:
     checks, facts = _database(pb)
     if not facts:
@@ -95,4 +112,5 @@ def run(pb: Playbook, alembic: Alembic) -> list[Check]:
     checks.append(_pg_dump(facts["server_version_num"]))
     checks.append(_disk(pb.workdir, facts["database_bytes"]))
     checks.append(_migrations(alembic, pb.migrations.target))
+    checks.append(_capture(pb))
     return checks

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deployctl.db import restore, snapshot
+import psycopg
+
+from deployctl import delta
+from deployctl.db import capture, restore, snapshot
 from deployctl.db.migrate import Alembic
 from deployctl.errors import BadInput, StepFailed
 from deployctl.fleet import process
@@ -78,12 +81,22 @@ def preflight(run: Run) -> Outcome:
 
 
 def take_snapshot(run: Run) -> Outcome:
-    manifest = snapshot.take(run.pb.database.dsn, run.snapshot_dir, jobs=run.pb.snapshot.jobs)
+    """Start the capture (slot first), then dump on an exported snapshot: one exact point."""
+    dsn, name = run.pb.database.dsn, capture.object_name(run.pb.app, run.release_id)
+    with psycopg.connect(dsn) as conn:
+        mode = capture.capture_mode(conn, run.pb.capture.mode)
+    capture.start(dsn, mode, name, run.pb.capture.schemas)
+    manifest = snapshot.take(dsn, run.snapshot_dir, jobs=run.pb.snapshot.jobs)
     path = str(run.snapshot_dir)
+
+    def record(journal: Journal) -> None:
+        journal.record_snapshot(run.release_id, path, manifest)
+        journal.record_capture(run.release_id, mode, name, manifest["snapshot"])
+
     return Outcome(
         {"path": path, "bytes": manifest["bytes"], "files": len(manifest["files"]),
-         "revision": manifest["alembic_revision"], "lsn": manifest["lsn"]},
-        lambda journal: journal.record_snapshot(run.release_id, path, manifest),
+         "revision": manifest["alembic_revision"], "lsn": manifest["lsn"], "capture": mode},
+        record,
     )
 
 
@@ -93,7 +106,11 @@ def migrate(run: Run) -> Outcome:
     before = alembic.current()
     if before != target:
         alembic.upgrade(target or "base", retries=run.pb.database.lock_retries)
-    return Outcome({"from_revision": before, "to_revision": alembic.current()})
+    found = run.journal.capture(run.release_id)
+    cared = capture.after_migration(run.pb.database.dsn, found["mode"], run.pb.capture.schemas) if (
+        found) else []
+    return Outcome({"from_revision": before, "to_revision": alembic.current(),
+                    **({"capture_added": cared} if cared else {})})
 
 
 def deploy(run: Run) -> Outcome:
@@ -122,11 +139,13 @@ def finalize(run: Run) -> Outcome:
         if run.transport.stop(process.for_playbook(blue), blue.deploy.stop_timeout):
             stopped = blue.version
 
+    captured = delta.finish(run.journal, run.pb, run.release_id)
+
     def record(journal: Journal) -> None:
         journal.set_live(run.pb.app, run.pb.version, run.release_id)
         journal.set_status(run.release_id, "released")
 
-    return Outcome({"live_version": run.pb.version, "stopped_version": stopped}, record)
+    return Outcome({"live_version": run.pb.version, "stopped_version": stopped, **captured}, record)
 
 
 FORWARD: list[tuple[str, Callable[[Run], Outcome]]] = [
@@ -185,15 +204,18 @@ def database(run: Run) -> Outcome:
 
 
 def _restore(run: Run, snapshot_path: Path, base: str | None) -> Outcome:
-    names = restore.load(run.pb.database.dsn, snapshot_path, run.release_id,
-                         jobs=run.pb.snapshot.jobs)
-    swapped = restore.swap(run.pb.database.dsn, names)
-    return Outcome({"mode": "restore", "action": f"restored the snapshot at {base or 'base'}",
-                    **swapped})
+    return Outcome({"mode": "restore", **delta.restore_with_replay(
+        run.journal, run.pb, run.release_id, snapshot_path, base)})
+
+
+def stop_capture(run: Run) -> Outcome:
+    """The last drain, then the slot, publication or triggers go; the delta stays."""
+    return Outcome(delta.finish(run.journal, run.pb, run.release_id))
 
 
 ROLLBACK: list[tuple[str, Callable[[Run], Outcome]]] = [
     ("rollback.blue", blue_serving),
     ("rollback.green", stop_green),
     ("rollback.database", database),
+    ("rollback.capture", stop_capture),
 ]

@@ -58,3 +58,41 @@ CREATE TABLE IF NOT EXISTS deployctl.apps (
     release_id  bigint REFERENCES deployctl.releases (id) ON DELETE SET NULL,
     updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+
+-- Change capture of a release: where it started, how far it was drained, whether it is whole.
+CREATE TABLE IF NOT EXISTS deployctl.captures (
+    release_id      bigint PRIMARY KEY REFERENCES deployctl.releases (id) ON DELETE CASCADE,
+    mode            text NOT NULL CHECK (mode IN ('logical', 'trigger')),
+    slot            text,
+    publication     text,
+    snapshot        text,            -- pg_current_snapshot() of the exported snapshot
+    drained_to      bigint NOT NULL DEFAULT 0,  -- logical: LSN; trigger: last capture row id
+    status          text NOT NULL DEFAULT 'active'
+                    CHECK (status IN ('active', 'stopped', 'incomplete')),
+    problem         text,
+    in_snapshot     bigint NOT NULL DEFAULT 0,  -- transactions already in the dump, skipped
+    migrations      bigint NOT NULL DEFAULT 0,  -- migration transactions, excluded
+    own_writes      bigint NOT NULL DEFAULT 0,  -- deployctl's replays (replication origin)
+    started_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    stopped_at      timestamptz
+);
+
+-- The delta: every change users made during the release, in commit order (pos, seq).
+-- `new`, `old` and `key` are what jsonb_populate_record() takes: strings in PostgreSQL's text
+-- form, JSON values for json/jsonb columns. TOASTed values that did not change are listed in
+-- `unchanged` and absent from `new`.
+CREATE TABLE IF NOT EXISTS deployctl.changes (
+    release_id   bigint NOT NULL REFERENCES deployctl.releases (id) ON DELETE CASCADE,
+    pos          bigint NOT NULL,   -- logical: commit LSN; trigger: capture row id
+    seq          integer NOT NULL,  -- order inside the transaction
+    xid          bigint NOT NULL,
+    committed_at timestamptz,
+    schema_name  text NOT NULL,
+    table_name   text NOT NULL,
+    op           text NOT NULL CHECK (op IN ('insert', 'update', 'delete', 'truncate')),
+    key          jsonb,
+    new          jsonb,
+    old          jsonb,
+    unchanged    text[] NOT NULL DEFAULT '{}',
+    PRIMARY KEY (release_id, pos, seq)
+);

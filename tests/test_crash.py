@@ -20,7 +20,7 @@ from tests.conftest import Env, seed
 pytestmark = pytest.mark.integration
 
 FORWARD = ["preflight", "snapshot", "migrate", "deploy", "smoke", "finalize"]
-ROLLBACK = ["rollback.blue", "rollback.green", "rollback.database"]
+ROLLBACK = ["rollback.blue", "rollback.green", "rollback.database", "rollback.capture"]
 
 
 def answers(port: int) -> bool:

@@ -215,7 +215,7 @@ def test_plan_of_a_valid_playbook_lists_the_steps_and_touches_nothing(env: Env) 
         "social 1:",
         "  preflight", "  snapshot", "  migrate", "  deploy", "  smoke", "  finalize",
         "  on failure: rollback.blue", "  on failure: rollback.green",
-        "  on failure: rollback.database (database: restore)",
+        "  on failure: rollback.database (database: restore)", "  on failure: rollback.capture",
     ]
     as_json = env.cli("plan", "--json", "good.yaml")
     assert as_json.returncode == 0, as_json.stderr

@@ -70,9 +70,9 @@ def test_failed_smoke_check_rolls_back_database_and_keeps_blue_serving(env: Env,
     result = json.loads(done.stdout)
     assert result["status"] == "rolled_back"
     assert "smoke failed: feed answers" in result["reason"]
-    assert [(s["step"], s["outcome"]) for s in result["steps"]][-4:] == [
+    assert [(s["step"], s["outcome"]) for s in result["steps"]][-5:] == [
         ("smoke", "failed"), ("rollback.blue", "done"), ("rollback.green", "done"),
-        ("rollback.database", "done")]
+        ("rollback.database", "done"), ("rollback.capture", "done")]
     assert env.revision() == "0001"
     with env.connect() as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == before

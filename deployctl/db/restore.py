@@ -9,6 +9,7 @@ the database names) so that a restore killed at any point can simply be run agai
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from deployctl.db.capture import TRIGGER_SCHEMA
 from deployctl.db.libpq import run_tool
 from deployctl.db.snapshot import verify
 from deployctl.journal import with_dbname
@@ -56,11 +58,11 @@ def _allow_connections(conn: psycopg.Connection[Any], dbname: str, allow: bool) 
         sql.Identifier(dbname), sql.Literal(allow)))
 
 
-def _disconnect(conn: psycopg.Connection[Any], dbname: str) -> int:
+def _disconnect(conn: psycopg.Connection[Any], dbname: str, keep: int | None = None) -> int:
     rows = conn.execute(
         """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-           WHERE datname = %s AND pid <> pg_backend_pid()""",
-        (dbname,),
+           WHERE datname = %s AND pid <> pg_backend_pid() AND pid IS DISTINCT FROM %s""",
+        (dbname, keep),
     ).fetchall()
     return len(rows)
 
@@ -92,33 +94,47 @@ def load(dsn: str, snapshot: Path, release_id: int, *, jobs: int) -> Names:
             sql.Identifier(names.restored), sql.Identifier(owner[0] if owner else "postgres")))
         run_tool("pg_restore", ["-j", str(jobs), "--exit-on-error", str(snapshot)],
                  with_dbname(dsn, names.restored))
+        with psycopg.connect(with_dbname(dsn, names.restored), autocommit=True) as restored:
+            # The dump may hold the capture triggers of this very release: not in the copy.
+            restored.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(TRIGGER_SCHEMA)))
         admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
             sql.Identifier(names.restored), sql.Literal(marker)))
     return names
 
 
-def swap(dsn: str, names: Names) -> dict[str, Any]:
+def swap(dsn: str, names: Names,
+         tail: Callable[[psycopg.Connection[Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Put the restored database in the live one's place; keep the live one as `failed`.
 
-    Returns the time the live database refused connections, in milliseconds.
+    Writes pause from the moment the live database refuses connections until the restored one
+    takes its name. In between, `tail` runs on the one connection to the live database that is
+    kept open (to drain and replay the last changes). Returns the pause in milliseconds.
     """
+    result: dict[str, Any] = {}
     with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
         started = time.monotonic()
-        terminated = 0
         if not _exists(admin, names.failed):
-            _allow_connections(admin, names.live, False)
-            terminated = _disconnect(admin, names.live)
+            kept = psycopg.connect(dsn, autocommit=True) if tail else None
+            try:
+                _allow_connections(admin, names.live, False)
+                result["connections_closed"] = _disconnect(
+                    admin, names.live, keep=kept.info.backend_pid if kept else None)
+                if tail and kept:
+                    result.update(tail(kept))
+            finally:
+                if kept:
+                    kept.close()
             admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                 sql.Identifier(names.live), sql.Identifier(names.failed)))
         if not _exists(admin, names.live):
             admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                 sql.Identifier(names.restored), sql.Identifier(names.live)))
         _allow_connections(admin, names.live, True)
-        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(
-            sql.Identifier(names.live)))
+        result["pause_ms"] = round((time.monotonic() - started) * 1000, 1)
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(names.live)))
         _allow_connections(admin, names.failed, True)
         admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
             sql.Identifier(names.failed),
             sql.Literal("deployctl: the live database at rollback, kept for forensics")))
-        return {"pause_ms": round((time.monotonic() - started) * 1000, 1),
-                "connections_closed": terminated, "kept_as": names.failed}
+    return {"connections_closed": 0, **result, "kept_as": names.failed}

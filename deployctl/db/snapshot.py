@@ -72,7 +72,7 @@ def take(dsn: str, dest: Path, *, jobs: int) -> dict[str, Any]:
         revision = alembic_revision(conn)
         # The exported snapshot lives as long as this transaction: keep it open during pg_dump.
         run_tool("pg_dump", ["-Fd", "-j", str(jobs), f"--snapshot={snapshot_id}",
-                             "-f", str(partial)], dsn)
+                             "--no-publications", "--no-subscriptions", "-f", str(partial)], dsn)
     files: list[dict[str, Any]] = []
     for path in sorted(partial.rglob("*")):
         if path.is_file():

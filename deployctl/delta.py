@@ -1,0 +1,220 @@
+"""A release's delta: the changes users made while it ran, and what can be done with them.
+
+The release steps start, drain and stop the capture through this module; the side-by-side
+restore replays the delta here; `deployctl delta show|export|replay` reads it after an incident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from deployctl.db import capture, replay, restore
+from deployctl.db.capture import CaptureInfo, CaptureLost
+from deployctl.errors import BadInput, StepFailed
+from deployctl.journal import Journal, with_dbname
+from deployctl.log import log
+from deployctl.playbook import Playbook
+
+
+def options(pb: Playbook, *, on_conflict: str | None = None, dry_run: bool = False,
+            reconciliation: Path | None = None) -> replay.Options:
+    """Replay options from the playbook's `replay` and `personal` sections."""
+    tables = {
+        source: replay.TableMap(
+            target=cfg.to,
+            columns={col: ({"from": m.from_} if m.from_ is not None else {"expr": m.expr or ""})
+                     for col, m in cfg.columns.items()})
+        for source, cfg in pb.replay.tables.items()
+    }
+    return replay.Options(
+        on_conflict=on_conflict or pb.replay.on_conflict,  # type: ignore[arg-type]
+        side_effects=frozenset(pb.replay.side_effects), tables=tables,
+        personal=frozenset(pb.personal), dry_run=dry_run, reconciliation=reconciliation)
+
+
+def reconciliation_file(pb: Playbook, release_id: int) -> Path:
+    return pb.workdir / "deltas" / f"{pb.app}-{release_id}-side-effects.jsonl.gz"
+
+
+def info(journal: Journal, release_id: int) -> CaptureInfo | None:
+    row = journal.capture(release_id)
+    return CaptureInfo.from_row(row) if row else None
+
+
+def require_complete(journal: Journal, release_id: int) -> None:
+    row = journal.capture(release_id)
+    if row is None:
+        raise BadInput(f"release #{release_id} captured no delta")
+    if row["status"] == "incomplete":
+        raise StepFailed(
+            f"the delta of release #{release_id} is incomplete ({row['problem']}): changes are "
+            "missing, so it is not replayed silently; inspect it with `deployctl delta show`")
+
+
+def drain(journal: Journal, pb: Playbook, release_id: int, conn: psycopg.Connection[Any] | None = None,
+          upto_lsn: str | None = None) -> capture.Drained | None:
+    """Drain what the capture holds into the journal; a lost slot marks the delta incomplete."""
+    found = info(journal, release_id)
+    if found is None or journal.capture(release_id)["status"] != "active":  # type: ignore[index]
+        return None
+    try:
+        if conn is not None:
+            return capture.drain_with(conn, journal.dsn, found, upto_lsn)
+        return capture.drain(pb.database.dsn, journal.dsn, found)
+    except CaptureLost as exc:
+        journal.set_capture(release_id, "incomplete", str(exc))
+        log.error("the delta is incomplete", release=release_id, problem=str(exc))
+        return None
+
+
+def finish(journal: Journal, pb: Playbook, release_id: int) -> dict[str, Any]:
+    """Last drain, then drop the slot, publication or triggers (wherever the database went)."""
+    row = journal.capture(release_id)
+    if row is None:
+        return {}
+    dbname = psycopg.conninfo.conninfo_to_dict(pb.database.dsn)["dbname"]
+    names = restore.Names.for_release(str(dbname), release_id)
+    with psycopg.connect(with_dbname(pb.database.dsn, "postgres"), autocommit=True) as admin:
+        # After a restore the capture lives on in the kept failed database.
+        swapped = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                (names.failed,)).fetchone() is not None
+    where = with_dbname(pb.database.dsn, names.failed) if swapped else pb.database.dsn
+    if row["status"] == "active" and not swapped:
+        drain(journal, pb, release_id)
+    capture.stop(where, row["slot"])
+    journal.set_capture(release_id, "stopped")
+    changes = journal.conn.execute("SELECT count(*) AS n FROM deployctl.changes WHERE release_id = %s",
+                                   (release_id,)).fetchone()
+    return {"capture": journal.capture(release_id)["status"],  # type: ignore[index]
+            "changes_captured": changes["n"] if changes else 0}
+
+
+def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapshot_path: Path,
+                        base: str | None) -> dict[str, Any]:
+    """Rollback mode `restore`: restore beside the live database, replay, pause, tail, swap."""
+    dsn = pb.database.dsn
+    names = restore.load(dsn, snapshot_path, release_id, jobs=pb.snapshot.jobs)
+    restored_dsn = with_dbname(dsn, names.restored)
+    opts = options(pb, reconciliation=reconciliation_file(pb, release_id))
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        swapping = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                 (names.failed,)).fetchone() is not None
+    action = f"restored the snapshot at {base or 'base'} and replayed the delta"
+    if swapping:  # killed mid-swap: the tail was replayed before the first rename
+        return {"action": action, **restore.swap(dsn, names)}
+    drain(journal, pb, release_id)
+    require_complete(journal, release_id)
+    first = replay.apply(replay.changes(journal.conn, release_id), restored_dsn, release_id, opts)
+    done_upto = _last_position(journal, release_id)
+
+    def tail(live: psycopg.Connection[Any]) -> dict[str, Any]:
+        upto = live.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+        drain(journal, pb, release_id, conn=live, upto_lsn=upto)
+        require_complete(journal, release_id)
+        rows = replay.changes(journal.conn, release_id, after=done_upto)
+        last = replay.apply(rows, restored_dsn, release_id, opts)
+        return {"tail_changes": len(rows), "tail": last}
+
+    swapped = restore.swap(dsn, names, tail)
+    last: replay.Report | None = swapped.pop("tail", None)
+    reports = [first] + ([last] if last else [])
+    return {
+        "action": action,
+        **swapped,
+        "replayed": sum(r.applied for r in reports),
+        "conflicts": sum(len(r.conflicts) for r in reports),
+        "side_effect_rows": sum(r.side_effect_rows for r in reports),
+        "reconciliation": next((r.reconciliation for r in reports if r.reconciliation), None),
+        "summary": first.summary() if last is None else f"{first.summary()}; tail: {last.summary()}",
+    }
+
+
+def _last_position(journal: Journal, release_id: int) -> tuple[int, int] | None:
+    row = journal.conn.execute(
+        "SELECT pos, seq FROM deployctl.changes WHERE release_id = %s ORDER BY pos DESC, seq DESC LIMIT 1",
+        (release_id,)).fetchone()
+    return (row["pos"], row["seq"]) if row else None
+
+
+# -- after an incident: deployctl delta show | export | replay -----------------------------------
+
+def show(journal: Journal, release_id: int) -> dict[str, Any]:
+    journal.get(release_id)
+    row = journal.capture(release_id)
+    if row is None:
+        raise BadInput(f"release #{release_id} captured no delta (it stopped before its snapshot)")
+    tables = journal.conn.execute(
+        """SELECT schema_name || '.' || table_name AS table, op, count(*) AS n
+           FROM deployctl.changes WHERE release_id = %s GROUP BY 1, 2 ORDER BY 1, 2""",
+        (release_id,)).fetchall()
+    per_table: dict[str, dict[str, int]] = {}
+    for t in tables:
+        per_table.setdefault(t["table"], {})[t["op"]] = t["n"]
+    span = journal.conn.execute(
+        """SELECT count(*) AS changes, count(DISTINCT xid) AS transactions,
+                  min(committed_at) AS first, max(committed_at) AS last
+           FROM deployctl.changes WHERE release_id = %s""", (release_id,)).fetchone()
+    return {
+        "release_id": release_id, "mode": row["mode"], "status": row["status"],
+        "problem": row["problem"], "snapshot": row["snapshot"],
+        "changes": span["changes"] if span else 0,
+        "transactions": span["transactions"] if span else 0,
+        "first_change_at": span["first"] if span else None,
+        "last_change_at": span["last"] if span else None,
+        "excluded": {"in_snapshot": row["in_snapshot"], "migrations": row["migrations"],
+                     "own_replays": row["own_writes"]},
+        "tables": per_table,
+    }
+
+
+def export(journal: Journal, release_id: int, path: Path, personal: frozenset[str]) -> dict[str, Any]:
+    """Write the delta as compressed JSON lines plus a manifest (both 0600)."""
+    shown = show(journal, release_id)
+    rows = replay.changes(journal.conn, release_id)
+    masked = [_masked(r, personal) for r in rows]
+    replay.write_jsonl(path, masked)
+    snapshot = journal.snapshot(release_id)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest = {
+        "release_id": release_id, "file": path.name, "sha256": digest,
+        "changes": len(rows), "tables": shown["tables"], "capture": shown["mode"],
+        "complete": shown["status"] != "incomplete", "snapshot": shown["snapshot"],
+        "snapshot_lsn": snapshot["manifest"]["lsn"] if snapshot else None,
+        "schema_revision": snapshot["manifest"]["alembic_revision"] if snapshot else None,
+        "first_position": rows[0]["pos"] if rows else None,
+        "last_position": rows[-1]["pos"] if rows else None,
+        "masked_columns": sorted(personal),
+    }
+    manifest_path = path.with_name(path.name.removesuffix(".jsonl.gz") + ".manifest.json")
+    fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(manifest, fh, indent=2, default=str)
+    return {**manifest, "manifest": str(manifest_path), "path": str(path)}
+
+
+def _masked(row: dict[str, Any], personal: frozenset[str]) -> dict[str, Any]:
+    out = dict(row)
+    for part in ("key", "new", "old"):
+        if out.get(part):
+            out[part] = {k: (replay.MASK if f"{row['table_name']}.{k}" in personal and v is not None
+                             else v) for k, v in out[part].items()}
+    return out
+
+
+def replay_into(journal: Journal, pb: Playbook, release_id: int, target_dsn: str, *,
+                on_conflict: str | None, dry_run: bool, allow_incomplete: bool) -> replay.Report:
+    """`deployctl delta replay`: the whole delta into `target_dsn`."""
+    journal.get(release_id)
+    if not allow_incomplete:
+        require_complete(journal, release_id)
+    rows = replay.changes(journal.conn, release_id)
+    return replay.apply(rows, target_dsn, release_id, options(
+        pb, on_conflict=on_conflict, dry_run=dry_run,
+        reconciliation=reconciliation_file(pb, release_id)))
+
