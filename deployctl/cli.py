@@ -310,6 +310,7 @@ def delta_replay(release_id: int, into: str | None, dry_run: bool, on_conflict: 
             lines.append(f"  {name:<24} inserted {t['inserted']}, updated {t['updated']}, deleted "
                          f"{t['deleted']}, already there {t['already']}, skipped {t['skipped']}"
                          + (", table missing" if t["missing"] else "")
+                         + (", no primary key: not replayed" if t["no_key"] else "")
                          + (", side effect: not replayed" if t["side_effect"] else ""))
         for c in data["conflicts"]:
             lines.append(f"  conflict {c['kind']} in {c['table']} at {c['key']}: delta {c['ours']}, "

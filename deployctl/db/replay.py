@@ -82,6 +82,7 @@ class TableReport:
     skipped: int = 0
     truncated: bool = False
     missing: bool = False
+    no_key: bool = False
     side_effect: bool = False
     dropped_columns: Counter[str] = field(default_factory=Counter)
 
@@ -109,6 +110,9 @@ class Report:
                 f"for reconciliation, {dropped} values of columns the target lacks dropped")
         if missing:
             text += f"; tables the target lacks, kept in the delta: {', '.join(missing)}"
+        keyless = [t.table for t in self.tables.values() if t.no_key]
+        if keyless:
+            text += f"; tables without a primary key, kept in the delta: {', '.join(keyless)}"
         if changes and self.applied == 0 and not self.conflicts:
             text += "; nothing to do: the delta is already in this database"
         return text
@@ -163,7 +167,9 @@ def fold(rows: Iterable[dict[str, Any]], pk: list[str]) -> tuple[dict[str, Net],
     truncated = False
 
     def key_of(values: dict[str, Any]) -> str:
-        return json.dumps([values.get(c) for c in pk])
+        # Trigger capture keeps JSON numbers where logical capture has text: compare as text.
+        return json.dumps([v if v is None or isinstance(v, str) else json.dumps(v)
+                           for v in (values.get(c) for c in pk)])
 
     for row in rows:
         op = row["op"]
@@ -405,6 +411,9 @@ def apply(rows: list[dict[str, Any]], target_dsn: str, release_id: int, options:
                     table_report.missing = True
                     continue
                 columns, pk = shape
+                if not pk:  # cannot be matched row by row: kept in the delta, reported
+                    table_report.no_key = True
+                    continue
                 _replay_table(conn, _Table(conn, schema, target, columns, pk, mapping, table_report),
                               table_rows, report, options)
             if report.conflicts and options.on_conflict == "fail":
