@@ -23,7 +23,7 @@ from deployctl.playbook import Playbook
 
 
 def options(pb: Playbook, *, on_conflict: str | None = None, dry_run: bool = False,
-            reconciliation: Path | None = None) -> replay.Options:
+            reconciliation: Path | None = None, capture_mode: str = "logical") -> replay.Options:
     """Replay options from the playbook's `replay` and `personal` sections."""
     tables = {
         source: replay.TableMap(
@@ -35,7 +35,8 @@ def options(pb: Playbook, *, on_conflict: str | None = None, dry_run: bool = Fal
     return replay.Options(
         on_conflict=on_conflict or pb.replay.on_conflict,  # type: ignore[arg-type]
         side_effects=frozenset(pb.replay.side_effects), tables=tables,
-        personal=frozenset(pb.personal), dry_run=dry_run, reconciliation=reconciliation)
+        personal=frozenset(pb.personal), dry_run=dry_run, reconciliation=reconciliation,
+        json_as_text=capture_mode == "logical")
 
 
 def reconciliation_file(pb: Playbook, release_id: int) -> Path:
@@ -101,7 +102,9 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     dsn = pb.database.dsn
     names = restore.load(dsn, snapshot_path, release_id, jobs=pb.snapshot.jobs)
     restored_dsn = with_dbname(dsn, names.restored)
-    opts = options(pb, reconciliation=reconciliation_file(pb, release_id))
+    found = journal.capture(release_id)
+    opts = options(pb, reconciliation=reconciliation_file(pb, release_id),
+                   capture_mode=found["mode"] if found else "logical")
     with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
         swapping = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                                  (names.failed,)).fetchone() is not None
@@ -214,7 +217,8 @@ def replay_into(journal: Journal, pb: Playbook, release_id: int, target_dsn: str
     if not allow_incomplete:
         require_complete(journal, release_id)
     rows = replay.changes(journal.conn, release_id)
+    found = journal.capture(release_id)
     return replay.apply(rows, target_dsn, release_id, options(
-        pb, on_conflict=on_conflict, dry_run=dry_run,
-        reconciliation=reconciliation_file(pb, release_id)))
+        pb, on_conflict=on_conflict, dry_run=dry_run, reconciliation=reconciliation_file(pb, release_id),
+        capture_mode=found["mode"] if found else "logical"))
 

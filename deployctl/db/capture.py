@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,6 @@ SQL_DIR = Path(__file__).resolve().parent.parent.parent / "sql"
 TRIGGER_SCHEMA = "deployctl_capture"
 ORIGIN = "deployctl"
 MIGRATION_TABLE = "alembic_version"
-JSON_TYPES = {114, 3802}  # json, jsonb: their text is parsed, so replay stores JSON, not a string
 BATCH = 5000
 
 
@@ -201,17 +201,14 @@ def _key(relation: pgoutput.Relation, values: dict[str, Any]) -> dict[str, Any]:
 
 def _jsonable(relation: pgoutput.Relation, values: dict[str, Any] | None
               ) -> tuple[dict[str, Any] | None, list[str]]:
-    """Values as jsonb_populate_record takes them; unchanged TOAST columns listed apart."""
+    """Values in their text form; unchanged TOAST columns listed apart."""
     if values is None:
         return None, []
-    types = {c.name: c.type_oid for c in relation.columns}
     out: dict[str, Any] = {}
     unchanged = []
     for name, value in values.items():
         if value is pgoutput.UNCHANGED:
             unchanged.append(name)
-        elif value is not None and types.get(name) in JSON_TYPES:
-            out[name] = json.loads(str(value))
         else:
             out[name] = value
     return out, unchanged
@@ -326,8 +323,9 @@ def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any],
     while True:
         with app.transaction():
             # One statement, one snapshot: a migration transaction's rows are all seen at once.
+            # jsonb as text: psycopg would read JSON numbers as floats and lose digits.
             rows = app.execute(
-                """SELECT id, txid::text::bigint, schema_name, table_name, op, old, new,
+                """SELECT id, txid::text::bigint, schema_name, table_name, op, old::text, new::text,
                           txid IN (SELECT txid FROM deployctl_capture.changes WHERE table_name = %s)
                    FROM deployctl_capture.changes ORDER BY id LIMIT %s""",
                 (MIGRATION_TABLE, BATCH)).fetchall()
@@ -343,10 +341,9 @@ def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any],
                 transactions[txid] = "in_snapshot"
             else:
                 key_cols = keys.get((schema, table), [])
-                identity = old if old is not None else new
+                identity = json.loads(old if old is not None else new or "null", parse_float=Decimal)
                 key = {c: _text(identity.get(c)) for c in key_cols} if identity else None
-                batch.append((id_, 0, txid, None, schema, table, op, _json(key), _json(new),
-                              _json(old), []))
+                batch.append((id_, 0, txid, None, schema, table, op, _json(key), new, old, []))
         for kind in transactions.values():
             setattr(seen, kind, getattr(seen, kind) + 1)
         _record(state, release_id, batch, seen, rows[-1][0])
@@ -358,7 +355,7 @@ def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any],
 
 def _text(value: Any) -> Any:
     # A key from to_jsonb() may be a JSON number; keys compare as text, like logical ones.
-    return value if value is None or isinstance(value, str) else json.dumps(value)
+    return value if value is None or isinstance(value, str) else str(value)
 
 
 # -- the worker ----------------------------------------------------------------------------------

@@ -29,12 +29,14 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 
 from deployctl.db.capture import ORIGIN
 from deployctl.errors import StepFailed
@@ -59,6 +61,7 @@ class Options:
     personal: frozenset[str] = frozenset()          # "table.column"
     dry_run: bool = False
     reconciliation: Path | None = None
+    json_as_text: bool = True        # logical capture; trigger capture keeps JSON values
 
 
 @dataclass
@@ -144,7 +147,10 @@ def changes(state: psycopg.Connection[Any], release_id: int, after: tuple[int, i
             ) -> list[dict[str, Any]]:
     """The delta in commit order (optionally only what comes after position `after`)."""
     pos, seq = after or (-1, -1)
-    return state.execute(
+    cur = state.cursor()
+    # Every digit of a JSON number counts (trigger capture keeps numbers as JSON numbers).
+    set_json_loads(partial(json.loads, parse_float=Decimal, parse_int=Decimal), cur)
+    return cur.execute(
         """SELECT pos, seq, xid, committed_at, schema_name, table_name, op, key, new, old, unchanged
            FROM deployctl.changes WHERE release_id = %s AND (pos, seq) > (%s, %s)
            ORDER BY pos, seq""",
@@ -168,7 +174,7 @@ def fold(rows: Iterable[dict[str, Any]], pk: list[str]) -> tuple[dict[str, Net],
 
     def key_of(values: dict[str, Any]) -> str:
         # Trigger capture keeps JSON numbers where logical capture has text: compare as text.
-        return json.dumps([v if v is None or isinstance(v, str) else json.dumps(v)
+        return json.dumps([v if v is None or isinstance(v, str) else str(v)
                            for v in (values.get(c) for c in pk)])
 
     for row in rows:
@@ -208,20 +214,31 @@ def fold(rows: Iterable[dict[str, Any]], pk: list[str]) -> tuple[dict[str, Net],
 
 # -- the target's schema -------------------------------------------------------------------------
 
-def _target_columns(conn: psycopg.Connection[Any], schema: str, table: str
-                    ) -> tuple[list[str], list[str]] | None:
-    """(columns, primary key columns) of a target table, or None if it does not exist."""
+@dataclass(frozen=True)
+class Shape:
+    """What replay needs to know of a target table's columns."""
+
+    columns: list[str]          # writable columns (generated ones are the target's to compute)
+    pk: list[str]
+    json: dict[str, str]        # json/jsonb columns and their type
+    always_identity: set[str]   # GENERATED ALWAYS AS IDENTITY: never SET by an UPDATE
+
+
+def _target_shape(conn: psycopg.Connection[Any], schema: str, table: str) -> Shape | None:
+    """The target table's shape, or None if it does not exist."""
     rows = conn.execute(
-        """SELECT a.attname, COALESCE(a.attnum = ANY(i.indkey), false)
+        """SELECT a.attname, COALESCE(a.attnum = ANY(i.indkey), false), a.atttypid::regtype::text,
+                  a.attidentity = 'a'
            FROM pg_attribute a
            LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
            WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
-             AND a.attnum > 0 AND NOT a.attisdropped
+             AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
            ORDER BY a.attnum""",
         (schema, table)).fetchall()
     if not rows:
         return None
-    return [r[0] for r in rows], [r[0] for r in rows if r[1]]
+    return Shape([r[0] for r in rows], [r[0] for r in rows if r[1]],
+                 {r[0]: r[2] for r in rows if r[2] in ("json", "jsonb")}, {r[0] for r in rows if r[3]})
 
 
 def _mask(table: str, values: dict[str, Any] | None, personal: frozenset[str]) -> dict[str, Any] | None:
@@ -232,14 +249,42 @@ def _mask(table: str, values: dict[str, Any] | None, personal: frozenset[str]) -
 
 # -- applying ------------------------------------------------------------------------------------
 
+def _jsonb(values: dict[str, Any] | None, json_columns: dict[str, str]) -> Jsonb | None:
+    """A row for jsonb_populate_record: exact numbers go in as text, which numeric reads exactly
+    (but a json/jsonb column's number stays a JSON number)."""
+    if values is None:
+        return None
+    plain = {k: str(v) if isinstance(v, Decimal) and k not in json_columns else v
+             for k, v in values.items()}
+    return Jsonb(plain, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    # Numbers nested in a json/jsonb column's value stay numbers.
+    return json.dumps(value, default=_number)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value.as_tuple().exponent >= 0 else float(value)  # type: ignore[operator]
+    return str(value)
+
+
+# Aliases of the replay queries: long enough never to be the name of a user's column.
+_T, _R, _P, _K = (sql.Identifier(a) for a in ("deployctl_t", "deployctl_r", "deployctl_p", "deployctl_k"))
+
+
 class _Table:
     """Replay of one source table into its target table, inside the caller's transaction."""
 
-    def __init__(self, conn: psycopg.Connection[Any], schema: str, target: str, columns: list[str],
-                 pk: list[str], mapping: TableMap, report: TableReport) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], schema: str, target: str, shape: Shape,
+                 mapping: TableMap, report: TableReport, json_as_text: bool) -> None:
         self.conn, self.schema, self.target = conn, schema, target
         self.ident = sql.Identifier(schema, target)
-        self.columns, self.pk, self.mapping, self.report = columns, pk, mapping, report
+        self.shape, self.columns, self.pk = shape, shape.columns, shape.pk
+        self.mapping, self.report = mapping, report
+        # Logical capture keeps json/jsonb values as their exact text; triggers as JSON values.
+        self.json_as_text = json_as_text
         self.sources = {col: spec["from"] for col, spec in mapping.columns.items() if "from" in spec}
         self.expressions = {col: spec["expr"] for col, spec in mapping.columns.items() if "expr" in spec}
 
@@ -262,11 +307,26 @@ class _Table:
     def _feeds_expression(self, name: str) -> bool:
         return any(name in expr for expr in self.expressions.values())
 
-    def _key_match(self, table: str, keyrec: str) -> sql.Composable:
+    def _key_match(self) -> sql.Composable:
         return sql.SQL(" AND ").join(
-            sql.SQL("{}.{} = {}.{}").format(sql.Identifier(table), sql.Identifier(c),
-                                            sql.Identifier(keyrec), sql.Identifier(c))
-            for c in self.pk)
+            sql.SQL("{}.{} = {}.{}").format(_T, sql.Identifier(c), _K, sql.Identifier(c)) for c in self.pk)
+
+    def _value(self, col: str, keep_target: bool) -> sql.Composable:
+        """The value a row gets for `col`: from the delta, else (updates) the target's own."""
+        name = sql.Identifier(col)
+        kind = self.shape.json.get(col)
+        if kind is None:
+            return sql.SQL("{}.{}").format(_P, name)
+        cast = sql.SQL(kind)  # "json" or "jsonb", from the catalog
+        value = (sql.SQL("({}.final ->> {})::{}") if self.json_as_text
+                 else sql.SQL("NULLIF({}.final -> {}, 'null')::{}")).format(_R, sql.Literal(col), cast)
+        if not keep_target:
+            return value
+        return sql.SQL("CASE WHEN {r}.final ? {c} THEN {v} ELSE {t}.{n} END").format(
+            r=_R, c=sql.Literal(col), v=value, t=_T, n=name)
+
+    def _row(self, columns: list[str], keep_target: bool) -> sql.Composable:
+        return sql.SQL(", ").join(self._value(c, keep_target) for c in columns)
 
     def load(self, net: dict[str, Net]) -> list[tuple[int, Net]]:
         """Put the mapped net changes in a temp table; return them numbered."""
@@ -278,10 +338,10 @@ class _Table:
             for i, entry in numbered:
                 final = self.map_row(entry.final, count_drops=True)
                 keyvals = self.map_row(entry.key, count_drops=False) or {}
-                copy.write_row((i, Jsonb({c: keyvals.get(c) for c in self.pk}), entry.first_op,
-                                Jsonb(self.map_row(entry.old, False)) if entry.old else None,
-                                Jsonb(final) if final is not None else None,
-                                Jsonb(entry.final) if entry.final is not None else None))
+                json_columns = self.shape.json
+                copy.write_row((i, _jsonb({c: keyvals.get(c) for c in self.pk}, json_columns),
+                                entry.first_op, _jsonb(self.map_row(entry.old, False), json_columns),
+                                _jsonb(final, json_columns), _jsonb(entry.final, json_columns)))
         for col, expr in self.expressions.items():
             # Playbook expressions see the new version's row as jsonb `new`.
             self.conn.execute(sql.SQL(
@@ -292,33 +352,51 @@ class _Table:
 
     def classify(self) -> dict[int, tuple[bool, bool | None, bool | None, Any]]:
         """Per row id: (target has it, equals final, equals old image, target row as JSON)."""
+        every = self._row(self.columns, keep_target=True)
+        target_row = sql.SQL(", ").join(sql.SQL("{}.{}").format(_T, sql.Identifier(c)) for c in self.columns)
         rows = self.conn.execute(sql.SQL(
-            """SELECT r.id, t.ctid IS NOT NULL,
-                      CASE WHEN t.ctid IS NOT NULL AND r.final IS NOT NULL
-                           THEN t::text = jsonb_populate_record(t, r.final)::text END,
-                      CASE WHEN t.ctid IS NOT NULL AND r.old IS NOT NULL
-                           THEN t::text = jsonb_populate_record(t, r.old)::text END,
-                      CASE WHEN t.ctid IS NOT NULL THEN to_jsonb(t) END
-               FROM replay_rows r
-               CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, r.k) AS kp
-               LEFT JOIN {tbl} AS t ON {match}""").format(
-                   tbl=self.ident, match=self._key_match("t", "kp"))).fetchall()
+            """SELECT {r}.id, {t}.ctid IS NOT NULL,
+                      CASE WHEN {t}.ctid IS NOT NULL AND {r}.final IS NOT NULL
+                           THEN ROW({target_row})::text = ROW({every})::text END,
+                      CASE WHEN {t}.ctid IS NOT NULL AND {r}.old IS NOT NULL
+                           THEN ROW({target_row})::text = ROW({old_row})::text END,
+                      CASE WHEN {t}.ctid IS NOT NULL THEN to_jsonb({t}) END
+               FROM replay_rows {r}
+               CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, {r}.k) AS {k}
+               LEFT JOIN {tbl} AS {t} ON {match}
+               LEFT JOIN LATERAL jsonb_populate_record({t}, {r}.final) AS {p} ON true""").format(
+                   r=_R, t=_T, k=_K, p=_P, tbl=self.ident, match=self._key_match(), every=every,
+                   target_row=target_row, old_row=self._old_row())).fetchall()
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def _old_row(self) -> sql.Composable:
+        # The same as _row(), over the old image: populate the target row with `old`.
+        return sql.SQL(", ").join(
+            sql.SQL("(jsonb_populate_record({t}, {r}.old)).{c}").format(t=_T, r=_R, c=sql.Identifier(c))
+            if c not in self.shape.json else
+            sql.SQL("CASE WHEN {r}.old ? {l} THEN {v} ELSE {t}.{c} END").format(
+                r=_R, l=sql.Literal(c), t=_T, c=sql.Identifier(c),
+                v=(sql.SQL("({}.old ->> {})::{}") if self.json_as_text else
+                   sql.SQL("NULLIF({}.old -> {}, 'null')::{}")).format(
+                       _R, sql.Literal(c), sql.SQL(self.shape.json[c])))
+            for c in self.columns)
 
     def apply(self, inserts: list[int], updates: list[int], deletes: list[int]) -> None:
         if deletes:
             self.conn.execute(sql.SQL(
-                "DELETE FROM {tbl} AS t USING replay_rows r, jsonb_populate_record(NULL::{tbl}, r.k) kp "
-                "WHERE r.id = ANY(%s) AND {match}").format(
-                    tbl=self.ident, match=self._key_match("t", "kp")), (deletes,))
+                "DELETE FROM {tbl} AS {t} USING replay_rows {r}, "
+                "jsonb_populate_record(NULL::{tbl}, {r}.k) {k} WHERE {r}.id = ANY(%s) AND {match}").format(
+                    tbl=self.ident, t=_T, r=_R, k=_K, match=self._key_match()), (deletes,))
         if updates:
-            every = sql.SQL(", ").join(map(sql.Identifier, self.columns))
-            picked = sql.SQL(", ").join(sql.SQL("p.{}").format(sql.Identifier(c)) for c in self.columns)
+            settable = [c for c in self.columns if c not in self.shape.always_identity]
             self.conn.execute(sql.SQL(
-                "UPDATE {tbl} AS t SET ({cols}) = (SELECT {picked} FROM jsonb_populate_record(t, r.final) p) "
-                "FROM replay_rows r, jsonb_populate_record(NULL::{tbl}, r.k) kp "
-                "WHERE r.id = ANY(%s) AND {match}").format(
-                    tbl=self.ident, cols=every, picked=picked, match=self._key_match("t", "kp")),
+                "UPDATE {tbl} AS {t} SET ({cols}) = "
+                "(SELECT {row} FROM jsonb_populate_record({t}, {r}.final) {p}) "
+                "FROM replay_rows {r}, jsonb_populate_record(NULL::{tbl}, {r}.k) {k} "
+                "WHERE {r}.id = ANY(%s) AND {match}").format(
+                    tbl=self.ident, t=_T, r=_R, k=_K, p=_P, match=self._key_match(),
+                    cols=sql.SQL(", ").join(map(sql.Identifier, settable)),
+                    row=self._row(settable, keep_target=True)),
                 (updates,))
         if inserts:
             # Rows with different column sets insert apart, so absent columns get their defaults.
@@ -329,10 +407,10 @@ class _Table:
                 shapes.setdefault(tuple(c for c in self.columns if c in keys), []).append(row_id)
             for cols, ids in shapes.items():
                 self.conn.execute(sql.SQL(
-                    "INSERT INTO {tbl} ({cols}) SELECT {picked} FROM replay_rows r, "
-                    "jsonb_populate_record(NULL::{tbl}, r.final) p WHERE r.id = ANY(%s)").format(
+                    "INSERT INTO {tbl} ({cols}) OVERRIDING SYSTEM VALUE SELECT {row} FROM replay_rows {r}, "
+                    "jsonb_populate_record(NULL::{tbl}, {r}.final) {p} WHERE {r}.id = ANY(%s)").format(
                         tbl=self.ident, cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                        picked=sql.SQL(", ").join(sql.SQL("p.{}").format(sql.Identifier(c)) for c in cols)),
+                        row=self._row(list(cols), keep_target=False), r=_R, p=_P),
                     (ids,))
 
     def fix_sequences(self) -> None:
@@ -395,6 +473,7 @@ def apply(rows: list[dict[str, Any]], target_dsn: str, release_id: int, options:
     for row in rows:
         by_table.setdefault((row["schema_name"], row["table_name"]), []).append(row)
     side_effects: list[dict[str, Any]] = []
+    written: list[_Table] = []
     with psycopg.connect(target_dsn) as conn:
         try:
             _session_setup(conn)
@@ -406,18 +485,22 @@ def apply(rows: list[dict[str, Any]], target_dsn: str, release_id: int, options:
                     table_report.side_effect = True
                     side_effects.extend(table_rows)
                     continue
-                shape = _target_columns(conn, schema, target)
+                shape = _target_shape(conn, schema, target)
                 if shape is None:
                     table_report.missing = True
                     continue
-                columns, pk = shape
-                if not pk:  # cannot be matched row by row: kept in the delta, reported
+                if not shape.pk:  # cannot be matched row by row: kept in the delta, reported
                     table_report.no_key = True
                     continue
-                _replay_table(conn, _Table(conn, schema, target, columns, pk, mapping, table_report),
-                              table_rows, report, options)
+                table = _Table(conn, schema, target, shape, mapping, table_report, options.json_as_text)
+                if _replay_table(table, table_rows, report, options):
+                    written.append(table)
             if report.conflicts and options.on_conflict == "fail":
                 raise ReplayConflict(report)
+            if not options.dry_run:
+                # setval() is not transactional: only once nothing can undo the replay.
+                for table in written:
+                    table.fix_sequences()
         except BaseException:
             conn.rollback()
             raise
@@ -434,8 +517,9 @@ def apply(rows: list[dict[str, Any]], target_dsn: str, release_id: int, options:
     return report
 
 
-def _replay_table(conn: psycopg.Connection[Any], table: _Table, rows: list[dict[str, Any]],
-                  report: Report, options: Options) -> None:
+def _replay_table(table: _Table, rows: list[dict[str, Any]], report: Report, options: Options) -> bool:
+    """Replay one table's changes; True if it wrote rows that may need their sequences moved."""
+    conn = table.conn
     source_pk = list((rows[0]["key"] or {}).keys()) or table.pk
     net, truncated = fold(rows, source_pk)
     if truncated:
@@ -464,8 +548,7 @@ def _replay_table(conn: psycopg.Connection[Any], table: _Table, rows: list[dict[
     table.report.inserted += len(actions["insert"])
     table.report.updated += len(actions["update"])
     table.report.deleted += len(actions["delete"])
-    if actions["insert"] or actions["update"]:
-        table.fix_sequences()
+    return bool(actions["insert"] or actions["update"])
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
