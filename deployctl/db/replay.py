@@ -167,15 +167,14 @@ class Net:
     final: dict[str, Any] | None
 
 
-def fold(rows: Iterable[dict[str, Any]], pk: list[str]) -> tuple[dict[str, Net], bool]:
-    """Net effect per key (a JSON text of the key) and whether a TRUNCATE came first."""
-    net: dict[str, Net] = {}
+def fold(rows: Iterable[dict[str, Any]], pk: list[str]) -> tuple[dict[tuple[Any, ...], Net], bool]:
+    """Net effect per key and whether a TRUNCATE came first."""
+    net: dict[tuple[Any, ...], Net] = {}
     truncated = False
 
-    def key_of(values: dict[str, Any]) -> str:
+    def key_of(values: dict[str, Any]) -> tuple[Any, ...]:
         # Trigger capture keeps JSON numbers where logical capture has text: compare as text.
-        return json.dumps([v if v is None or isinstance(v, str) else str(v)
-                           for v in (values.get(c) for c in pk)])
+        return tuple(v if v is None or isinstance(v, str) else str(v) for v in (values.get(c) for c in pk))
 
     for row in rows:
         op = row["op"]
@@ -328,7 +327,7 @@ class _Table:
     def _row(self, columns: list[str], keep_target: bool) -> sql.Composable:
         return sql.SQL(", ").join(self._value(c, keep_target) for c in columns)
 
-    def load(self, net: dict[str, Net]) -> list[tuple[int, Net]]:
+    def load(self, net: dict[tuple[Any, ...], Net]) -> list[tuple[int, Net]]:
         """Put the mapped net changes in a temp table; return them numbered."""
         self.conn.execute("DROP TABLE IF EXISTS replay_rows")
         self.conn.execute("CREATE TEMP TABLE replay_rows (id int PRIMARY KEY, k jsonb, first_op text, "
@@ -341,7 +340,9 @@ class _Table:
                 json_columns = self.shape.json
                 copy.write_row((i, _jsonb({c: keyvals.get(c) for c in self.pk}, json_columns),
                                 entry.first_op, _jsonb(self.map_row(entry.old, False), json_columns),
-                                _jsonb(final, json_columns), _jsonb(entry.final, json_columns)))
+                                _jsonb(final, json_columns),
+                                # The unmapped row, for playbook expressions only.
+                                _jsonb(entry.final, json_columns) if self.expressions else None))
         for col, expr in self.expressions.items():
             # Playbook expressions see the new version's row as jsonb `new`.
             self.conn.execute(sql.SQL(
@@ -350,8 +351,14 @@ class _Table:
                     sql.Literal(col), sql.SQL(expr)))  # type: ignore[arg-type]
         return numbered
 
+    def target_row(self, ctid: Any) -> dict[str, Any] | None:
+        """The target's row (for a conflict listing), by the ctid classify() saw."""
+        row = self.conn.execute(sql.SQL("SELECT to_jsonb({t}) FROM {tbl} AS {t} WHERE ctid = %s::tid").format(
+            t=_T, tbl=self.ident), (ctid,)).fetchone()
+        return row[0] if row else None
+
     def classify(self) -> dict[int, tuple[bool, bool | None, bool | None, Any]]:
-        """Per row id: (target has it, equals final, equals old image, target row as JSON)."""
+        """Per row id: (target has it, equals final, equals old image, the target row's ctid)."""
         every = self._row(self.columns, keep_target=True)
         target_row = sql.SQL(", ").join(sql.SQL("{}.{}").format(_T, sql.Identifier(c)) for c in self.columns)
         rows = self.conn.execute(sql.SQL(
@@ -360,7 +367,7 @@ class _Table:
                            THEN ROW({target_row})::text = ROW({every})::text END,
                       CASE WHEN {t}.ctid IS NOT NULL AND {r}.old IS NOT NULL
                            THEN ROW({target_row})::text = ROW({old_row})::text END,
-                      CASE WHEN {t}.ctid IS NOT NULL THEN to_jsonb({t}) END
+                      {t}.ctid
                FROM replay_rows {r}
                CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, {r}.k) AS {k}
                LEFT JOIN {tbl} AS {t} ON {match}
@@ -529,14 +536,15 @@ def _replay_table(table: _Table, rows: list[dict[str, Any]], report: Report, opt
     states = table.classify()
     actions: dict[str, list[int]] = {"insert": [], "update": [], "delete": []}
     for row_id, entry in numbered:
-        present, same_final, same_old, theirs = states[row_id]
+        present, same_final, same_old, ctid = states[row_id]
         action, conflict = _decide(entry, present, same_final, same_old)
         if conflict is not None:
             resolution = {"fail": "none", "skip": "skipped", "overwrite": "overwritten"}[options.on_conflict]
             report.conflicts.append(Conflict(
                 table.target, conflict, _mask(table.target, entry.key, options.personal) or {},
                 _mask(table.target, entry.final, options.personal),
-                _mask(table.target, theirs, options.personal), resolution))
+                _mask(table.target, table.target_row(ctid) if present else None, options.personal),
+                resolution))
             if options.on_conflict != "overwrite":
                 table.report.skipped += 1
                 continue
