@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgres demo test lint clean
+.PHONY: setup postgres demo test bench lint clean
 
 setup: $(STAMP) postgres
 
@@ -23,6 +23,10 @@ demo: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# Results as `name value` lines on stdout (progress on stderr); a few minutes, own throwaway cluster.
+bench: setup
+	@$(BIN)/python -m bench
 
 lint: setup
 	$(BIN)/ruff check deployctl tests examples
