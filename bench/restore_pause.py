@@ -34,18 +34,12 @@ from bench.common import (
 )
 from bench.replay_speed import SEED_DB, _fingerprint, seed
 from deployctl.db import capture, replay, restore, snapshot
+from deployctl.delta import last_stored
 from deployctl.journal import Journal, with_dbname
 from deployctl.localpg import LocalCluster
 
 BEFORE = 10_000
 TAIL = 10_000
-
-
-def _last_position(journal: Journal, release_id: int) -> tuple[int, int] | None:
-    row = journal.conn.execute(
-        "SELECT pos, seq FROM deployctl.changes WHERE release_id = %s ORDER BY pos DESC, seq DESC LIMIT 1",
-        (release_id,)).fetchone()
-    return (row["pos"], row["seq"]) if row else None
 
 
 def _round(cluster: LocalCluster, journal: Journal, round_no: int, folder: Path) -> dict[str, float]:
@@ -62,16 +56,16 @@ def _round(cluster: LocalCluster, journal: Journal, round_no: int, folder: Path)
     restored_dsn = with_dbname(dsn, names.restored)
     capture.drain(dsn, journal.dsn, info)
     replay.apply(replay.changes(journal.conn, release_id), restored_dsn, release_id, replay_options())
-    done_upto = _last_position(journal, release_id)
+    replayed_upto = last_stored(journal, release_id)
     users.run(dsn, TAIL)
     timings: dict[str, float] = {}
 
     def tail(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        upto = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+        upto = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
         capture.drain_with(conn, journal.dsn, info, upto)
         drained = time.perf_counter()
-        rows = replay.changes(journal.conn, release_id, after=done_upto)
+        rows = replay.changes(journal.conn, release_id, stored_after=replayed_upto)
         read = time.perf_counter()
         replay.apply(rows, restored_dsn, release_id, replay_options())
         timings.update(drain_ms=(drained - started) * 1000, read_ms=(read - drained) * 1000,

@@ -114,13 +114,14 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     drain(journal, pb, release_id)
     require_complete(journal, release_id)
     first = replay.apply(replay.changes(journal.conn, release_id), restored_dsn, release_id, opts)
-    done_upto = _last_position(journal, release_id)
+    replayed_upto = last_stored(journal, release_id)
 
     def tail(live: psycopg.Connection[Any]) -> dict[str, Any]:
-        upto = live.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+        # Every other session has exited (restore waits for them): nothing commits after this.
+        upto = live.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
         drain(journal, pb, release_id, conn=live, upto_lsn=upto)
         require_complete(journal, release_id)
-        rows = replay.changes(journal.conn, release_id, after=done_upto)
+        rows = replay.changes(journal.conn, release_id, stored_after=replayed_upto)
         last = replay.apply(rows, restored_dsn, release_id, opts)
         return {"tail_changes": len(rows), "tail": last}
 
@@ -138,11 +139,11 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     }
 
 
-def _last_position(journal: Journal, release_id: int) -> tuple[int, int] | None:
+def last_stored(journal: Journal, release_id: int) -> int:
     row = journal.conn.execute(
-        "SELECT pos, seq FROM deployctl.changes WHERE release_id = %s ORDER BY pos DESC, seq DESC LIMIT 1",
+        "SELECT COALESCE(max(stored), 0) AS last FROM deployctl.changes WHERE release_id = %s",
         (release_id,)).fetchone()
-    return (row["pos"], row["seq"]) if row else None
+    return int(row["last"]) if row else 0
 
 
 # -- after an incident: deployctl delta show | export | replay -----------------------------------

@@ -96,3 +96,7 @@ CREATE TABLE IF NOT EXISTS deployctl.changes (
     unchanged    text[] NOT NULL DEFAULT '{}',
     PRIMARY KEY (release_id, pos, seq)
 );
+-- The order changes reached the journal (not their commit order): a side-by-side restore
+-- replays, during the pause, exactly what was stored after its first replay. Trigger capture
+-- numbers a change when it is written, so a late commit can carry a lower position.
+ALTER TABLE deployctl.changes ADD COLUMN IF NOT EXISTS stored bigserial;

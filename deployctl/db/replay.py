@@ -143,18 +143,17 @@ class ReplayConflict(StepFailed):
 
 # -- reading the delta ---------------------------------------------------------------------------
 
-def changes(state: psycopg.Connection[Any], release_id: int, after: tuple[int, int] | None = None
+def changes(state: psycopg.Connection[Any], release_id: int, stored_after: int = 0
             ) -> list[dict[str, Any]]:
-    """The delta in commit order (optionally only what comes after position `after`)."""
-    pos, seq = after or (-1, -1)
+    """The delta in commit order (optionally only what reached the journal after `stored_after`)."""
     cur = state.cursor()
     # Every digit of a JSON number counts (trigger capture keeps numbers as JSON numbers).
     set_json_loads(partial(json.loads, parse_float=Decimal, parse_int=Decimal), cur)
     return cur.execute(
         """SELECT pos, seq, xid, committed_at, schema_name, table_name, op, key, new, old, unchanged
-           FROM deployctl.changes WHERE release_id = %s AND (pos, seq) > (%s, %s)
+           FROM deployctl.changes WHERE release_id = %s AND stored > %s
            ORDER BY pos, seq""",
-        (release_id, pos, seq)).fetchall()
+        (release_id, stored_after)).fetchall()
 
 
 @dataclass

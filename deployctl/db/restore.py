@@ -59,8 +59,10 @@ def _allow_connections(conn: psycopg.Connection[Any], dbname: str, allow: bool) 
 
 
 def _disconnect(conn: psycopg.Connection[Any], dbname: str, keep: int | None = None) -> int:
+    """End every session on `dbname` but `keep`, and wait until they are gone: a session
+    signalled in the middle of a COMMIT may still complete it."""
     rows = conn.execute(
-        """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+        """SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
            WHERE datname = %s AND pid <> pg_backend_pid() AND pid IS DISTINCT FROM %s""",
         (dbname, keep),
     ).fetchall()

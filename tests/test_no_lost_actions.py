@@ -1,0 +1,223 @@
+"""A failed release rolled back by restore loses no action a user was told had succeeded.
+
+Simulated users (examples/social/users.py) write through version 1 (blue) from before the
+release until after its rollback, and through version 2 (green) from the moment it answers
+/health until it is stopped. Version 2 ships with its feed bug and a smoke check that retries for
+a few seconds, so green takes real writes (messages, likes, bios, reactions) before it fails.
+Then version 1's database is compared with every acknowledged action, row by row.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from psycopg.rows import dict_row
+
+from tests.conftest import SOCIAL, Env, seed
+
+pytestmark = pytest.mark.integration
+
+AFTER_ROLLBACK_S = 1.5  # blue keeps taking writes this long after the release ended
+
+
+def _load_users() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("social_users", SOCIAL / "users.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
+users = _load_users()
+
+
+def _failing_v2_playbook(env: Env, capture: str) -> Path:
+    """Version 2 with its feed bug; the feed check retries ~4 s, so green serves meanwhile."""
+    deploy = yaml.safe_load(env.playbook("2").read_text())["deploy"]
+    deploy["env"]["SOCIAL_FAIL"] = "1"
+    feed = f"http://127.0.0.1:{env.green_port}/feed"
+    return env.playbook("2", deploy=deploy, smoke=[{
+        "name": "feed answers", "http": {"url": feed, "status": 200, "body_contains": "messages"},
+        "retries": 8, "interval": "0.5s"}], capture={"mode": capture})
+
+
+def _step_events(env: Env, release_id: int) -> dict[tuple[str, str], dict[str, Any]]:
+    with psycopg.connect(env.state_dsn, row_factory=dict_row) as conn:
+        rows = conn.execute("SELECT step, phase, extract(epoch FROM at)::float8 AS at, detail "
+                            "FROM deployctl.events WHERE release_id = %s ORDER BY id",
+                            (release_id,)).fetchall()
+    return {(r["step"], r["phase"]): {**r["detail"], "at": r["at"]} for r in rows}
+
+
+def _wait_for(what: str, condition: Callable[[], Any], timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.005)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _exported_delta(env: Env, release_id: int) -> list[dict[str, Any]]:
+    path = env.dir / "delta.jsonl.gz"
+    done = env.cli("delta", "export", str(release_id), "-o", str(path), "--state-dsn", env.state_dsn)
+    assert done.returncode == 0, done.stderr
+    with gzip.open(path, "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+@pytest.mark.parametrize("capture", ["logical", "trigger"])
+def test_rollback_by_restore_keeps_every_acknowledged_action_of_users_on_both_versions(
+        env: Env, capture: str) -> None:
+    released = env.cli("release", str(env.playbook("1")))
+    assert released.returncode == 0, released.stderr
+    seed(env)
+    blue, green = f"http://127.0.0.1:{env.blue_port}", f"http://127.0.0.1:{env.green_port}"
+
+    traffic = users.Traffic([blue], workers=6, seed=20240101)
+    traffic.start()
+    try:
+        traffic.add_when_healthy(green)
+        done = env.cli("release", "--json", str(_failing_v2_playbook(env, capture)), timeout=300)
+        ended = time.time()
+        time.sleep(AFTER_ROLLBACK_S)
+    finally:
+        acks = traffic.stop()
+    maybe = traffic.maybe_applied()
+    everything = acks + maybe
+
+    # The release failed its smoke check and rolled back cleanly.
+    assert done.returncode == 1, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    rid = result["release_id"]
+    assert result["status"] == "rolled_back"
+    assert "smoke failed: feed answers" in result["reason"]
+    steps = _step_events(env, rid)
+    assert ("rollback.database", "done") in steps, steps.keys()
+    report = steps[("rollback.database", "done")]
+    assert report["mode"] == "restore"
+    assert env.revision() == "0001"
+
+    delta = json.loads(env.cli("delta", "show", str(rid), "--json", "--state-dsn",
+                               env.state_dsn).stdout)
+    by_kind = Counter(a.kind for a in acks)
+    on_green = Counter(a.kind for a in acks if a.version == "2")
+    rollback_start = steps[("rollback.database", "started")]["at"]
+    rollback_end = report["at"]
+    during_rollback = [a for a in acks if rollback_start <= a.at <= rollback_end]
+    after = [a for a in acks if a.sent > ended]
+    print("\n--- no lost actions: what was measured ---")
+    print(f"changes captured in the delta: {delta['changes']} in {delta['transactions']} transactions "
+          f"({delta['mode']} capture, {delta['status']})")
+    print(f"rollback.database: replayed {report['replayed']}, pause {report['pause_ms']} ms, "
+          f"conflicts {report['conflicts']}, side-effect rows {report['side_effect_rows']}, "
+          f"took {report['duration_s']} s")
+    print(f"  summary: {report['summary']}")
+    print(f"acknowledged actions: {len(acks)} ({dict(sorted(by_kind.items()))})")
+    print(f"  through green (v2): {sum(on_green.values())} ({dict(sorted(on_green.items()))})")
+    print(f"  during the restore: {len(during_rollback)}; after the release ended: {len(after)}")
+    not_acked = {outcome: kinds for outcome, kinds in traffic.tally().items() if outcome != "ack"}
+    print(f"not acknowledged: {not_acked}")
+    print(f"  why: {dict(Counter(a.error for a in traffic.actions if not a.acknowledged))}")
+
+    # Users wrote through both versions, and through blue while the database was restored.
+    assert on_green["create_message"] > 0 and on_green["react"] > 0 and on_green["set_bio"] > 0, on_green
+    assert during_rollback, "no write was acknowledged while the restore ran"
+    assert after, "no write was acknowledged after the rollback"
+
+    # The rollback's report.
+    assert report["replayed"] > 0
+    assert report["pause_ms"] < 2000
+    assert report["conflicts"] == 0, report["summary"]  # policy skip: a conflict is a lost change
+    assert "tables the target lacks, kept in the delta: reactions" in report["summary"]
+
+    # Row by row: version 1's database holds every acknowledged action.
+    with env.connect() as conn:
+        found = users.check(conn, everything)
+        sim_bodies = sorted({a.body for a in everything if a.body})
+        per_body = conn.execute("SELECT body, count(*) FROM messages WHERE body = ANY(%s) GROUP BY body",
+                                (sim_bodies,)).fetchall()
+        assert conn.execute("SELECT to_regclass('reactions')").fetchone() == (None,)
+    print("\n".join(found.lines()))
+    assert found.ok, "\n".join(found.problems[:20])
+    assert all(n == 1 for _, n in per_body), "a message is there more than once"
+    acked_messages = [a for a in acks if a.kind == "create_message"]
+    assert len(acked_messages) == len({a.body for a in acked_messages}) > 0
+    for what, (expected, got) in found.compared.items():
+        assert expected == got, what
+    assert found.compared["acknowledged messages present once"][0] > 0
+    assert found.compared["acknowledged likes present"][0] > 0
+    assert found.compared["acknowledged deletes absent"][0] > 0
+
+    # What version 1 cannot hold is not silently lost: the delta keeps every reaction and bio.
+    reactions = [a for a in acks if a.kind == "react"]
+    bios = [a for a in acks if a.kind == "set_bio"]
+    assert found.not_in_schema == {"reactions": len(reactions), "users.bio values": len(bios)}
+    captured = delta["tables"].get("public.reactions", {})
+    assert len(reactions) <= captured.get("insert", 0) <= len(reactions) + len(
+        [a for a in maybe if a.kind == "react"]), captured
+    rows = _exported_delta(env, rid)
+    kept_reactions = {int(r["new"]["id"]) for r in rows
+                      if r["table_name"] == "reactions" and r["op"] == "insert"}
+    assert {a.reaction_id for a in reactions} <= kept_reactions
+    kept_bios = {r["new"].get("bio") for r in rows if r["table_name"] == "users" and r["new"]}
+    assert {a.bio for a in bios} <= kept_bios
+
+
+@pytest.mark.parametrize("capture", ["logical", "trigger"])
+def test_a_write_begun_before_the_restore_and_committed_during_its_replay_is_not_lost(
+        env: Env, capture: str) -> None:
+    """A transaction open across the restore's first drain, committed before the swap."""
+    released = env.cli("release", str(env.playbook("1")))
+    assert released.returncode == 0, released.stderr
+    seed(env)
+    traffic = users.Traffic([f"http://127.0.0.1:{env.blue_port}"], workers=4, seed=7)
+    traffic.start()
+    held = psycopg.connect(env.app_dsn)
+    try:
+        release = subprocess.Popen(
+            [sys.executable, "-m", "deployctl", "release", "--json", str(_failing_v2_playbook(env, capture))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env.dir)
+        with psycopg.connect(env.state_dsn, autocommit=True) as state:
+            def phase(step: str) -> bool:
+                return state.execute("SELECT 1 FROM deployctl.events WHERE release_id = 2 AND step = %s "
+                                     "AND phase = 'started'", (step,)).fetchone() is not None
+
+            def drained_to() -> int:
+                row = state.execute("SELECT drained_to FROM deployctl.captures WHERE release_id = 2"
+                                    ).fetchone()
+                return int(row[0]) if row else 0
+
+            # Begun while green is smoke-tested (users keep writing meanwhile) ...
+            _wait_for("the smoke step", lambda: phase("smoke"))
+            held.execute("INSERT INTO messages (user_id, body) VALUES (1, 'begun before the restore')")
+            # ... and committed right after the restore's first drain, while it replays.
+            _wait_for("the rollback of the database", lambda: phase("rollback.database"))
+            before = drained_to()
+            _wait_for("the restore's first drain", lambda: drained_to() > before)
+            held.commit()  # the database acknowledged it: it must survive the rollback
+        out, err = release.communicate(timeout=300)
+    finally:
+        held.close()
+        traffic.stop()
+    assert release.returncode == 1, out + err
+    assert json.loads(out)["status"] == "rolled_back"
+    with env.connect() as conn:
+        kept = conn.execute("SELECT count(*) FROM messages WHERE body = 'begun before the restore'"
+                            ).fetchone()
+    assert kept == (1,), "a transaction acknowledged before the swap is missing after the rollback"
