@@ -12,7 +12,6 @@ included, each in one transaction. Only `replay.apply()` and the COPY are timed.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -32,6 +31,7 @@ from bench.common import (
     replay_options,
 )
 from deployctl.db import capture, replay
+from deployctl.journal import Journal
 from deployctl.localpg import LocalCluster
 
 SEED_DB = "bench_seed"
@@ -85,11 +85,11 @@ def _copy_once(cluster: LocalCluster, payload: dict[str, bytes]) -> float:
     return timer.seconds
 
 
-def _replay_once(cluster: LocalCluster, rows: list[dict[str, Any]], release_id: int,
+def _replay_once(cluster: LocalCluster, journal: Journal, release_id: int,
                  expected: dict[str, str] | None) -> float:
     dsn = create_database(cluster, "bench_replay_target", SEED_DB)
-    with Stopwatch() as timer:
-        report = replay.apply(rows, dsn, release_id, replay_options())
+    with Stopwatch() as timer:  # from the journal to the target, as a rollback does
+        report = replay.apply(journal.conn, release_id, dsn, replay_options())
     if report.conflicts:
         raise RuntimeError(f"replay into the pre-change state found conflicts: {report.summary()}")
     if expected is not None and _fingerprint(dsn) != expected:
@@ -125,8 +125,7 @@ def run(cluster: LocalCluster, rounds: int) -> None:
         replay_s: list[float] = []
         copy_s: list[float] = []
         for round_no in range(rounds):
-            rows = replay.changes(journal.conn, release_id)  # read untimed: only apply() is measured
-            replay_s.append(_replay_once(cluster, rows, release_id, expected if round_no == 0 else None))
+            replay_s.append(_replay_once(cluster, journal, release_id, expected if round_no == 0 else None))
             copy_s.append(_copy_once(cluster, payload))
             progress(f"round {round_no + 1}/{rounds}: replay {replay_s[-1]:.2f}s, copy {copy_s[-1]:.2f}s")
         finish_release(journal, release_id)

@@ -113,7 +113,7 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         return {"action": action, **restore.swap(dsn, names)}
     drain(journal, pb, release_id)
     require_complete(journal, release_id)
-    first = replay.apply(replay.changes(journal.conn, release_id), restored_dsn, release_id, opts)
+    first = replay.apply(journal.conn, release_id, restored_dsn, opts)
     replayed_upto = last_stored(journal, release_id)
 
     def tail(live: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -121,9 +121,8 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         upto = live.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
         drain(journal, pb, release_id, conn=live, upto_lsn=upto)
         require_complete(journal, release_id)
-        rows = replay.changes(journal.conn, release_id, stored_after=replayed_upto)
-        last = replay.apply(rows, restored_dsn, release_id, opts)
-        return {"tail_changes": len(rows), "tail": last}
+        last = replay.apply(journal.conn, release_id, restored_dsn, opts, stored_after=replayed_upto)
+        return {"tail_changes": sum(t.changes for t in last.tables.values()), "tail": last}
 
     swapped = restore.swap(dsn, names, tail)
     last: replay.Report | None = swapped.pop("tail", None)
@@ -217,9 +216,8 @@ def replay_into(journal: Journal, pb: Playbook, release_id: int, target_dsn: str
     journal.get(release_id)
     if not allow_incomplete:
         require_complete(journal, release_id)
-    rows = replay.changes(journal.conn, release_id)
     found = journal.capture(release_id)
-    return replay.apply(rows, target_dsn, release_id, options(
+    return replay.apply(journal.conn, release_id, target_dsn, options(
         pb, on_conflict=on_conflict, dry_run=dry_run, reconciliation=reconciliation_file(pb, release_id),
         capture_mode=found["mode"] if found else "logical"))
 

@@ -104,9 +104,8 @@ def copy_of(env: Env, template_dsn: str, suffix: str) -> str:
 
 
 def replay_all(run: Run, target_dsn: str, **options: Any) -> replay.Report:
-    rows = replay.changes(run.journal.conn, run.release_id)
     mode = run.journal.capture(run.release_id)["mode"]
-    return replay.apply(rows, target_dsn, run.release_id,
+    return replay.apply(run.journal.conn, run.release_id, target_dsn,
                         replay.Options(json_as_text=mode == "logical", **options))
 
 

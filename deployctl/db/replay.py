@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import set_json_loads
 
 from deployctl.db.capture import ORIGIN
 from deployctl.errors import StepFailed
@@ -143,74 +143,57 @@ class ReplayConflict(StepFailed):
 
 # -- reading the delta ---------------------------------------------------------------------------
 
-def changes(state: psycopg.Connection[Any], release_id: int, stored_after: int = 0
-            ) -> list[dict[str, Any]]:
-    """The delta in commit order (optionally only what reached the journal after `stored_after`)."""
+def changes(state: psycopg.Connection[Any], release_id: int, stored_after: int = 0,
+            table: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """The delta in commit order (optionally only what reached the journal after `stored_after`,
+    only one table's)."""
     cur = state.cursor()
     # Every digit of a JSON number counts (trigger capture keeps numbers as JSON numbers).
     set_json_loads(partial(json.loads, parse_float=Decimal, parse_int=Decimal), cur)
     return cur.execute(
         """SELECT pos, seq, xid, committed_at, schema_name, table_name, op, key, new, old, unchanged
            FROM deployctl.changes WHERE release_id = %s AND stored > %s
+             AND (%s::text IS NULL OR (schema_name, table_name) = (%s, %s))
            ORDER BY pos, seq""",
-        (release_id, stored_after)).fetchall()
+        (release_id, stored_after, table and table[0], table and table[0], table and table[1])).fetchall()
 
 
-@dataclass
-class Net:
-    """A row's net change: first op and image before it, final values (None: deleted)."""
-
-    first_op: str
-    key: dict[str, Any]
-    old: dict[str, Any] | None
-    final: dict[str, Any] | None
-
-
-def fold(rows: Iterable[dict[str, Any]], pk: list[str]) -> tuple[dict[tuple[Any, ...], Net], bool]:
-    """Net effect per key and whether a TRUNCATE came first."""
-    net: dict[tuple[Any, ...], Net] = {}
-    truncated = False
-
-    def key_of(values: dict[str, Any]) -> tuple[Any, ...]:
-        # Trigger capture keeps JSON numbers where logical capture has text: compare as text.
-        return tuple(v if v is None or isinstance(v, str) else str(v) for v in (values.get(c) for c in pk))
-
-    for row in rows:
-        op = row["op"]
-        if op == "truncate":
-            net.clear()
-            truncated = True
-            continue
-        key = row["key"] or {}
-        old_key = key_of(key)
-        if op == "delete":
-            entry = net.get(old_key)
-            if entry is None:
-                net[old_key] = Net("delete", key, row["old"], None)
-            else:
-                entry.final = None
-            continue
-        new = row["new"]
-        new_key = key_of(new) if all(c in new for c in pk) else old_key
-        if op == "update" and new_key != old_key:  # the key itself changed: delete, then insert
-            previous = net.get(old_key)
-            carried = previous.final if previous and previous.final else {}
-            if previous is None:
-                net[old_key] = Net("update", key, row["old"], None)
-            else:
-                previous.final = None
-            net[new_key] = Net("insert", {c: new.get(c) for c in pk}, None, {**carried, **new})
-            continue
-        entry = net.get(new_key)
-        if entry is None:
-            net[new_key] = Net(op, {c: new.get(c) for c in pk} if op == "insert" else key,
-                               row["old"], dict(new))
-        else:
-            entry.final = {**(entry.final or {}), **new}
-    return net, truncated
+# The net effect of a table's changes per key, computed where the delta lives (the journal),
+# streamed to the target as COPY bytes: values never go through Python. An UPDATE that changes
+# the key is a DELETE of the old key and an INSERT of the new one. A row's final values merge
+# its changes in order (so a TOASTed value an update left out keeps the value known before).
+_NET = """
+WITH raw AS (
+    SELECT pos, seq, op, key, new, old,
+           CASE WHEN op = 'update' THEN (SELECT jsonb_object_agg(k, new ->> k) FROM jsonb_object_keys(key) k)
+           END AS new_key
+    FROM deployctl.changes
+    WHERE release_id = {rid} AND stored > {after} AND schema_name = {schema} AND table_name = {table}
+      AND (pos, seq) > ({from_pos}, {from_seq}) AND op <> 'truncate'),
+steps AS (
+    SELECT pos, seq, 0 AS part, op, key, new, old FROM raw WHERE new_key IS NOT DISTINCT FROM key
+        OR op <> 'update'
+    UNION ALL
+    SELECT pos, seq, 0, 'delete', key, NULL, old FROM raw WHERE op = 'update' AND new_key <> key
+    UNION ALL
+    SELECT pos, seq, 1, 'insert', new_key, new, NULL FROM raw WHERE op = 'update' AND new_key <> key)
+SELECT (row_number() OVER ()) - 1, key,
+       (array_agg(op ORDER BY pos, seq, part))[1],
+       (array_agg(old ORDER BY pos, seq, part))[1],
+       CASE WHEN (array_agg(op ORDER BY pos DESC, seq DESC, part DESC))[1] = 'delete' THEN NULL
+            ELSE pg_temp.deployctl_merge(new ORDER BY pos, seq, part) END,
+       NULL::jsonb
+FROM steps GROUP BY key
+"""
 
 
-# -- the target's schema -------------------------------------------------------------------------
+def _merge_aggregate(state: psycopg.Connection[Any]) -> None:
+    """jsonb `||` as an aggregate, in this session's temporary schema."""
+    exists = state.execute("SELECT 1 FROM pg_proc WHERE proname = 'deployctl_merge' "
+                           "AND pronamespace = pg_my_temp_schema()").fetchone()
+    if not exists:
+        state.execute("CREATE AGGREGATE pg_temp.deployctl_merge(jsonb) (SFUNC = jsonb_concat, STYPE = jsonb)")
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -247,27 +230,6 @@ def _mask(table: str, values: dict[str, Any] | None, personal: frozenset[str]) -
 
 # -- applying ------------------------------------------------------------------------------------
 
-def _jsonb(values: dict[str, Any] | None, json_columns: dict[str, str]) -> Jsonb | None:
-    """A row for jsonb_populate_record: exact numbers go in as text, which numeric reads exactly
-    (but a json/jsonb column's number stays a JSON number)."""
-    if values is None:
-        return None
-    plain = {k: str(v) if isinstance(v, Decimal) and k not in json_columns else v
-             for k, v in values.items()}
-    return Jsonb(plain, dumps=_dumps)
-
-
-def _dumps(value: Any) -> str:
-    # Numbers nested in a json/jsonb column's value stay numbers.
-    return json.dumps(value, default=_number)
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value.as_tuple().exponent >= 0 else float(value)  # type: ignore[operator]
-    return str(value)
-
-
 # Aliases of the replay queries: long enough never to be the name of a user's column.
 _T, _R, _P, _K = (sql.Identifier(a) for a in ("deployctl_t", "deployctl_r", "deployctl_p", "deployctl_k"))
 
@@ -285,25 +247,6 @@ class _Table:
         self.json_as_text = json_as_text
         self.sources = {col: spec["from"] for col, spec in mapping.columns.items() if "from" in spec}
         self.expressions = {col: spec["expr"] for col, spec in mapping.columns.items() if "expr" in spec}
-
-    def map_row(self, values: dict[str, Any] | None, count_drops: bool) -> dict[str, Any] | None:
-        if values is None:
-            return None
-        out = {}
-        used = set()
-        for col in self.columns:
-            source = self.sources.get(col, col)
-            if col not in self.expressions and source in values:
-                out[col] = values[source]
-                used.add(source)
-        if count_drops:
-            for name, value in values.items():
-                if name not in used and value is not None and not self._feeds_expression(name):
-                    self.report.dropped_columns[name] += 1
-        return out
-
-    def _feeds_expression(self, name: str) -> bool:
-        return any(name in expr for expr in self.expressions.values())
 
     def _key_match(self) -> sql.Composable:
         return sql.SQL(" AND ").join(
@@ -326,29 +269,70 @@ class _Table:
     def _row(self, columns: list[str], keep_target: bool) -> sql.Composable:
         return sql.SQL(", ").join(self._value(c, keep_target) for c in columns)
 
-    def load(self, net: dict[tuple[Any, ...], Net]) -> list[tuple[int, Net]]:
-        """Put the mapped net changes in a temp table; return them numbered."""
+    def load(self, state: psycopg.Connection[Any], release_id: int, source: str, stored_after: int) -> None:
+        """The net changes of `source` from the journal into a temp table here, mapped to the target."""
         self.conn.execute("DROP TABLE IF EXISTS replay_rows")
         self.conn.execute("CREATE TEMP TABLE replay_rows (id int PRIMARY KEY, k jsonb, first_op text, "
                           "old jsonb, final jsonb, src jsonb) ON COMMIT DROP")
-        numbered = list(enumerate(net.values()))
-        with self.conn.cursor().copy("COPY replay_rows FROM STDIN") as copy:
-            for i, entry in numbered:
-                final = self.map_row(entry.final, count_drops=True)
-                keyvals = self.map_row(entry.key, count_drops=False) or {}
-                json_columns = self.shape.json
-                copy.write_row((i, _jsonb({c: keyvals.get(c) for c in self.pk}, json_columns),
-                                entry.first_op, _jsonb(self.map_row(entry.old, False), json_columns),
-                                _jsonb(final, json_columns),
-                                # The unmapped row, for playbook expressions only.
-                                _jsonb(entry.final, json_columns) if self.expressions else None))
+        where = {"rid": sql.Literal(release_id), "after": sql.Literal(stored_after),
+                 "schema": sql.Literal(self.schema), "table": sql.Literal(source)}
+        truncated = state.execute(sql.SQL(
+            "SELECT pos, seq FROM deployctl.changes WHERE release_id = {rid} AND stored > {after} "
+            "AND schema_name = {schema} AND table_name = {table} AND op = 'truncate' "
+            "ORDER BY pos DESC, seq DESC LIMIT 1").format(**where)).fetchone()
+        if truncated:  # what came before the last TRUNCATE does not matter
+            self.conn.execute(sql.SQL("TRUNCATE {}").format(self.ident))
+            self.report.truncated = True
+        _merge_aggregate(state)
+        query = sql.SQL(_NET).format(  # type: ignore[arg-type]
+            from_pos=sql.Literal(truncated["pos"] if truncated else -1),
+            from_seq=sql.Literal(truncated["seq"] if truncated else -1), **where)
+        with state.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as out, \
+                self.conn.cursor().copy("COPY replay_rows FROM STDIN") as into:
+            for data in out:
+                into.write(data)
+        self._map()
+
+    def _map(self) -> None:
+        """Source names to target names: renames, expressions, and columns the target lacks."""
+        present = {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT jsonb_object_keys(final) FROM replay_rows WHERE final IS NOT NULL")}
+        taken = {col: self.sources.get(col, col) for col in self.columns if col not in self.expressions}
+        renames = {src: col for col, src in taken.items() if src != col and src in present}
+        drops = sorted(present - set(taken.values()))
+        if drops:
+            counts = self.conn.execute(sql.SQL("SELECT {} FROM replay_rows").format(sql.SQL(", ").join(
+                sql.SQL("count(*) FILTER (WHERE final ? {c} AND final -> {c} <> 'null')").format(
+                    c=sql.Literal(c)) for c in drops))).fetchone()
+            for col, n in zip(drops, counts or (), strict=True):
+                # A value the expressions read is used, not dropped.
+                if n and not any(col in expr for expr in self.expressions.values()):
+                    self.report.dropped_columns[col] += n
+        if self.expressions:
+            self.conn.execute("UPDATE replay_rows SET src = final")
+        if drops or renames:
+            gone = sql.Literal(drops + sorted(renames))
+            def mapped(part: str) -> sql.Composable:
+                renamed = sql.SQL(" || ").join(
+                    sql.SQL("CASE WHEN {p} ? {s} THEN jsonb_build_object({d}, {p} -> {s}) "
+                            "ELSE '{{}}' END").format(p=sql.Identifier(part), s=sql.Literal(src),
+                                                      d=sql.Literal(dst))
+                    for src, dst in renames.items()) if renames else sql.SQL("'{}'::jsonb")
+                return sql.SQL("({p} - {gone}::text[]) || {renamed}").format(
+                    p=sql.Identifier(part), gone=gone, renamed=renamed)
+            self.conn.execute(sql.SQL("UPDATE replay_rows SET k = {}, old = {}, final = {}").format(
+                mapped("k"), mapped("old"), mapped("final")))
         for col, expr in self.expressions.items():
             # Playbook expressions see the new version's row as jsonb `new`.
             self.conn.execute(sql.SQL(
                 "UPDATE replay_rows r SET final = r.final || jsonb_build_object({}, "
                 "(SELECT ({}) FROM (SELECT r.src AS new) s)) WHERE r.final IS NOT NULL").format(
                     sql.Literal(col), sql.SQL(expr)))  # type: ignore[arg-type]
-        return numbered
+
+    def conflicting(self, ids: list[int]) -> dict[int, tuple[dict[str, Any], dict[str, Any] | None]]:
+        """The key and final values of the rows that conflict (for the report)."""
+        rows = self.conn.execute("SELECT id, k, final FROM replay_rows WHERE id = ANY(%s)", (ids,)).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     def target_row(self, ctid: Any) -> dict[str, Any] | None:
         """The target's row (for a conflict listing), by the ctid classify() saw."""
@@ -356,12 +340,12 @@ class _Table:
             t=_T, tbl=self.ident), (ctid,)).fetchone()
         return row[0] if row else None
 
-    def classify(self) -> dict[int, tuple[bool, bool | None, bool | None, Any]]:
-        """Per row id: (target has it, equals final, equals old image, the target row's ctid)."""
+    def classify(self) -> list[tuple[int, str, bool, bool, bool | None, bool | None, Any]]:
+        """Per row: id, first op, deleted, target has it, equals final, equals old image, ctid."""
         every = self._row(self.columns, keep_target=True)
         target_row = sql.SQL(", ").join(sql.SQL("{}.{}").format(_T, sql.Identifier(c)) for c in self.columns)
         rows = self.conn.execute(sql.SQL(
-            """SELECT {r}.id, {t}.ctid IS NOT NULL,
+            """SELECT {r}.id, {r}.first_op, {r}.final IS NULL, {t}.ctid IS NOT NULL,
                       CASE WHEN {t}.ctid IS NOT NULL AND {r}.final IS NOT NULL
                            THEN ROW({target_row})::text = ROW({every})::text END,
                       CASE WHEN {t}.ctid IS NOT NULL AND {r}.old IS NOT NULL
@@ -373,7 +357,7 @@ class _Table:
                LEFT JOIN LATERAL jsonb_populate_record({t}, {r}.final) AS {p} ON true""").format(
                    r=_R, t=_T, k=_K, p=_P, tbl=self.ident, match=self._key_match(), every=every,
                    target_row=target_row, old_row=self._old_row())).fetchall()
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+        return rows  # type: ignore[return-value]
 
     def _old_row(self) -> sql.Composable:
         # The same as _row(), over the old image: populate the target row with `old`.
@@ -433,10 +417,10 @@ class _Table:
                     col=sql.Identifier(col), tbl=self.ident), (seq, seq))
 
 
-def _decide(entry: Net, present: bool, same_final: bool | None, same_old: bool | None
+def _decide(first_op: str, deleted: bool, present: bool, same_final: bool | None, same_old: bool | None
             ) -> tuple[str, str | None]:
     """(action, conflict kind) for one net row; action is insert|update|delete|already."""
-    if entry.final is None:
+    if deleted:
         if not present:
             return "already", None
         if same_old is False:
@@ -445,12 +429,12 @@ def _decide(entry: Net, present: bool, same_final: bool | None, same_old: bool |
     if present and same_final:
         return "already", None
     if present:
-        if entry.first_op == "insert":
+        if first_op == "insert":
             return "update", "key_exists"
         if same_old is False:
             return "update", "changed_since"
         return "update", None
-    if entry.first_op == "insert":
+    if first_op == "insert":
         return "insert", None
     return "insert", "row_gone"
 
@@ -472,24 +456,29 @@ def _session_reset(conn: psycopg.Connection[Any]) -> None:
                  "WHERE pg_replication_origin_session_is_setup()")
 
 
-def apply(rows: list[dict[str, Any]], target_dsn: str, release_id: int, options: Options) -> Report:
-    """Replay `rows` (from `changes()`) into the database at `target_dsn`."""
+def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, options: Options,
+          stored_after: int = 0) -> Report:
+    """Replay the delta of `release_id` (from the journal at `state`) into `target_dsn`;
+    `stored_after` limits it to what reached the journal after that point (a restore's tail)."""
     report = Report(release_id, options.dry_run)
-    by_table: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        by_table.setdefault((row["schema_name"], row["table_name"]), []).append(row)
+    tables = state.execute(
+        """SELECT schema_name, table_name, count(*) FROM deployctl.changes
+           WHERE release_id = %s AND stored > %s GROUP BY 1, 2 ORDER BY 1, 2""",
+        (release_id, stored_after)).fetchall()
     side_effects: list[dict[str, Any]] = []
     written: list[_Table] = []
     with psycopg.connect(target_dsn) as conn:
         try:
             _session_setup(conn)
-            for (schema, source), table_rows in by_table.items():
+            for row in tables:
+                schema, source, count = (row["schema_name"], row["table_name"], row["count"]) if isinstance(
+                    row, dict) else row
                 mapping = options.tables.get(source, TableMap())
                 target = mapping.target or source
-                table_report = report.tables.setdefault(source, TableReport(source, len(table_rows)))
+                table_report = report.tables.setdefault(source, TableReport(source, count))
                 if source in options.side_effects or target in options.side_effects:
                     table_report.side_effect = True
-                    side_effects.extend(table_rows)
+                    side_effects.extend(changes(state, release_id, stored_after, (schema, source)))
                     continue
                 shape = _target_shape(conn, schema, target)
                 if shape is None:
@@ -499,7 +488,8 @@ def apply(rows: list[dict[str, Any]], target_dsn: str, release_id: int, options:
                     table_report.no_key = True
                     continue
                 table = _Table(conn, schema, target, shape, mapping, table_report, options.json_as_text)
-                if _replay_table(table, table_rows, report, options):
+                table.load(state, release_id, source, stored_after)
+                if _replay_table(table, report, options):
                     written.append(table)
             if report.conflicts and options.on_conflict == "fail":
                 raise ReplayConflict(report)
@@ -523,27 +513,14 @@ def apply(rows: list[dict[str, Any]], target_dsn: str, release_id: int, options:
     return report
 
 
-def _replay_table(table: _Table, rows: list[dict[str, Any]], report: Report, options: Options) -> bool:
-    """Replay one table's changes; True if it wrote rows that may need their sequences moved."""
-    conn = table.conn
-    source_pk = list((rows[0]["key"] or {}).keys()) or table.pk
-    net, truncated = fold(rows, source_pk)
-    if truncated:
-        conn.execute(sql.SQL("TRUNCATE {}").format(table.ident))
-        table.report.truncated = True
-    numbered = table.load(net)
-    states = table.classify()
+def _replay_table(table: _Table, report: Report, options: Options) -> bool:
+    """Classify and apply the loaded rows; True if it wrote rows whose sequences may need moving."""
     actions: dict[str, list[int]] = {"insert": [], "update": [], "delete": []}
-    for row_id, entry in numbered:
-        present, same_final, same_old, ctid = states[row_id]
-        action, conflict = _decide(entry, present, same_final, same_old)
+    conflicts: list[tuple[int, str, Any]] = []
+    for row_id, first_op, deleted, present, same_final, same_old, ctid in table.classify():
+        action, conflict = _decide(first_op, deleted, present, same_final, same_old)
         if conflict is not None:
-            resolution = {"fail": "none", "skip": "skipped", "overwrite": "overwritten"}[options.on_conflict]
-            report.conflicts.append(Conflict(
-                table.target, conflict, _mask(table.target, entry.key, options.personal) or {},
-                _mask(table.target, entry.final, options.personal),
-                _mask(table.target, table.target_row(ctid) if present else None, options.personal),
-                resolution))
+            conflicts.append((row_id, conflict, ctid if present else None))
             if options.on_conflict != "overwrite":
                 table.report.skipped += 1
                 continue
@@ -551,6 +528,16 @@ def _replay_table(table: _Table, rows: list[dict[str, Any]], report: Report, opt
             table.report.already += 1
         else:
             actions[action].append(row_id)
+    if conflicts:
+        resolution = {"fail": "none", "skip": "skipped", "overwrite": "overwritten"}[options.on_conflict]
+        ours = table.conflicting([c[0] for c in conflicts])
+        for row_id, kind, ctid in conflicts:
+            key, final = ours[row_id]
+            report.conflicts.append(Conflict(
+                table.target, kind, _mask(table.target, key, options.personal) or {},
+                _mask(table.target, final, options.personal),
+                _mask(table.target, table.target_row(ctid) if ctid else None, options.personal),
+                resolution))
     table.apply(actions["insert"], actions["update"], actions["delete"])
     table.report.inserted += len(actions["insert"])
     table.report.updated += len(actions["update"])
