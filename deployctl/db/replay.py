@@ -1,10 +1,11 @@
 """Replay: apply a release's delta to a database, mapped to that database's schema.
 
-Changes are read in commit order and folded into their net effect per row (the row's state
-after its last change, and what it was before its first), then applied set-wise: COPY into a
-temporary table, `jsonb_populate_record()` to turn the captured text into the target's types,
-and one INSERT, UPDATE and DELETE per table. Before anything is written, each row is classified
-against the target:
+Each table's changes are folded, in commit order, into their net effect per row (the row's
+state after its last change, and what it was before its first) by one query in the journal,
+whose result is streamed with COPY into a temporary table beside the target: values never pass
+through Python. `jsonb_populate_record()` turns the captured text into the target's types, and
+one INSERT, UPDATE and DELETE per table apply it. Before anything is written, each row is
+classified against the target:
 
 - already applied: the target row already holds the final values (a second replay changes
   nothing, and says so);
