@@ -700,33 +700,31 @@ def test_restore_load_and_swap_again_change_nothing(env: Env, journal: Journal) 
     assert version_xmin(env) == written_by
 
 
-def test_restore_swap_interrupted_after_the_first_rename_is_completed_by_swap_again(
-        env: Env, journal: Journal) -> None:
+def swap_killed_after_the_first_rename(
+        env: Env, journal: Journal) -> tuple[Run, dict[str, int], restore.Names]:
+    """A restore loaded, then the state a swap killed after its first rename leaves."""
     run, before = migrated_past_a_snapshot(env, journal)
     recorded = journal.snapshot(run.release_id)
     assert recorded is not None
     names = restore.load(env.app_dsn, Path(recorded["path"]), run.release_id, jobs=2)
-    # What swap does before a crash: refuse connections to the live database, rename it.
     with env.connect("postgres") as admin:
         admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
             sql.Identifier(names.live)))
         admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
             sql.Identifier(names.live), sql.Identifier(names.failed)))
+    return run, before, names
+
+
+def test_restore_swap_interrupted_after_the_first_rename_is_completed_by_swap_again(
+        env: Env, journal: Journal) -> None:
+    run, before, names = swap_killed_after_the_first_rename(env, journal)
     restore.swap(env.app_dsn, names)
     assert_restored(env, run, without_replay(before))
 
 
 def test_rollback_database_step_completes_a_swap_interrupted_after_the_first_rename(
         env: Env, journal: Journal) -> None:
-    run, before = migrated_past_a_snapshot(env, journal)
-    recorded = journal.snapshot(run.release_id)
-    assert recorded is not None
-    names = restore.load(env.app_dsn, Path(recorded["path"]), run.release_id, jobs=2)
-    with env.connect("postgres") as admin:
-        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
-            sql.Identifier(names.live)))
-        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-            sql.Identifier(names.live), sql.Identifier(names.failed)))
+    run, before, _ = swap_killed_after_the_first_rename(env, journal)
     # The step is what `deployctl rollback` runs again after the crash.
     steps.database(run)
     assert_restored(env, run, without_replay(before))
