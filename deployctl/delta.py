@@ -113,8 +113,8 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         return {"action": action, **restore.swap(dsn, names)}
     drain(journal, pb, release_id)
     require_complete(journal, release_id)
-    first = replay.apply(journal.conn, release_id, restored_dsn, opts)
     replayed_upto = last_stored(journal, release_id)
+    first = replay.apply(journal.conn, release_id, restored_dsn, opts)
 
     def tail(live: psycopg.Connection[Any]) -> dict[str, Any]:
         # Every other session has exited (restore waits for them): nothing commits after this.

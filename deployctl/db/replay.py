@@ -509,7 +509,8 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
         _session_reset(conn)
     report.side_effect_rows = len(side_effects)
     if side_effects and options.reconciliation and not options.dry_run:
-        write_jsonl(options.reconciliation, side_effects)
+        # A restore's tail adds to what its first replay wrote.
+        write_jsonl(options.reconciliation, side_effects, append=stored_after > 0)
         report.reconciliation = str(options.reconciliation)
     return report
 
@@ -546,10 +547,10 @@ def _replay_table(table: _Table, report: Report, options: Options) -> bool:
     return bool(actions["insert"] or actions["update"])
 
 
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]], append: bool = False) -> None:
     """Compressed JSON lines, created 0600 in a 0700 folder: they hold user data."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o600)
     with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as out:
         for row in rows:
             out.write(json.dumps(row, default=str).encode() + b"\n")
