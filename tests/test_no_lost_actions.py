@@ -63,7 +63,7 @@ def _step_events(env: Env, release_id: int) -> dict[tuple[str, str], dict[str, A
     return {(r["step"], r["phase"]): {**r["detail"], "at": r["at"]} for r in rows}
 
 
-def _wait_for(what: str, condition: Callable[[], Any], timeout: float = 120) -> Any:
+def _wait_for(what: str, condition: Callable[[], Any], timeout: float = 300) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = condition()
@@ -189,10 +189,13 @@ def test_a_write_begun_before_the_restore_and_committed_during_its_replay_is_not
     traffic = users.Traffic([f"http://127.0.0.1:{env.blue_port}"], workers=4, seed=7)
     traffic.start()
     held = psycopg.connect(env.app_dsn)
+    release: subprocess.Popen[str] | None = None
     try:
-        release = subprocess.Popen(
-            [sys.executable, "-m", "deployctl", "release", "--json", str(_failing_v2_playbook(env, capture))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env.dir)
+        # Output to files: a pipe nobody reads would stop deployctl once its buffer is full.
+        with (env.dir / "release.out").open("w") as out_file, (env.dir / "release.err").open("w") as err_file:
+            playbook = str(_failing_v2_playbook(env, capture))
+            release = subprocess.Popen([sys.executable, "-m", "deployctl", "release", "--json", playbook],
+                                       stdout=out_file, stderr=err_file, text=True, cwd=env.dir)
         with psycopg.connect(env.state_dsn, autocommit=True) as state:
             def phase(step: str) -> bool:
                 return state.execute("SELECT 1 FROM deployctl.events WHERE release_id = 2 AND step = %s "
@@ -211,10 +214,14 @@ def test_a_write_begun_before_the_restore_and_committed_during_its_replay_is_not
             before = drained_to()
             _wait_for("the restore's first drain", lambda: drained_to() > before)
             held.commit()  # the database acknowledged it: it must survive the rollback
-        out, err = release.communicate(timeout=300)
+        release.wait(timeout=300)
+        out, err = (env.dir / "release.out").read_text(), (env.dir / "release.err").read_text()
     finally:
         held.close()
         traffic.stop()
+        if release is not None and release.poll() is None:
+            release.kill()
+    assert release is not None
     assert release.returncode == 1, out + err
     assert json.loads(out)["status"] == "rolled_back"
     with env.connect() as conn:
