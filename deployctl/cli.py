@@ -135,6 +135,13 @@ def plan(playbook_path: str, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _unfinished(action: Callable[[str, int], engine.Result], release_id: int | None,
+                pb_path: str | None, state_dsn: str | None) -> engine.Result:
+    """Run `action` on the release named, or on the app's unfinished one."""
+    state = _state_dsn(pb_path, state_dsn)
+    return action(state, release_id or engine.find_open(state, _app(pb_path, None)))
+
+
 @main.command()
 @click.argument("release_id", required=False, type=int)
 @with_state
@@ -143,9 +150,7 @@ def plan(playbook_path: str, as_json: bool) -> int:
 def resume(release_id: int | None, pb_path: str | None, state_dsn: str | None,
            as_json: bool) -> int:
     """Continue an unfinished release (the latest one if RELEASE_ID is not given)."""
-    state = _state_dsn(pb_path, state_dsn)
-    rid = release_id or engine.find_open(state, _app(pb_path, None))
-    return _finish(engine.resume(state, rid), as_json)
+    return _finish(_unfinished(engine.resume, release_id, pb_path, state_dsn), as_json)
 
 
 @main.command()
@@ -156,9 +161,7 @@ def resume(release_id: int | None, pb_path: str | None, state_dsn: str | None,
 def rollback(release_id: int | None, pb_path: str | None, state_dsn: str | None,
              as_json: bool) -> int:
     """Undo an unfinished release from whatever step it reached."""
-    state = _state_dsn(pb_path, state_dsn)
-    rid = release_id or engine.find_open(state, _app(pb_path, None))
-    result = engine.rollback(state, rid)
+    result = _unfinished(engine.rollback, release_id, pb_path, state_dsn)
     _emit(result.__dict__, as_json, lambda: _result_text(result))
     return EXIT_OK if result.status == "rolled_back" else result.exit_code
 

@@ -101,8 +101,3 @@ class Alembic:
 
     def downgrade(self, target: str | None, *, retries: int) -> None:
         self._with_retries(retries, "downgrade", target or "base")
-
-    def offline_sql(self, start: str | None, target: str) -> str:
-        """The SQL Alembic would run (`alembic upgrade start:target --sql`)."""
-        return self._run("upgrade", f"{start or 'base'}:{target}", "--sql")
-
