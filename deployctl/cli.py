@@ -94,6 +94,13 @@ def _result_text(result: engine.Result) -> str:
         took = f"{seconds:8.2f}s" if isinstance(seconds, int | float) else " " * 9
         error = f"  {step['error']}" if step.get("error") else ""
         lines.append(f"  {step['step']:<20} {step['outcome']:<8}{took}{error}")
+        if "pause_ms" in step:  # a side-by-side restore: what users felt, and what was kept
+            lines.append(f"  {'':<20} {step.get('action', '')}: writes paused {step['pause_ms']} ms, "
+                         f"{step.get('replayed', 0)} rows replayed, {step.get('conflicts', 0)} conflicts, "
+                         f"{step.get('side_effect_rows', 0)} side-effect rows for reconciliation")
+        if "changes_captured" in step:
+            lines.append(f"  {'':<20} {step['changes_captured']} changes captured (`deployctl delta show "
+                         f"{result.release_id}`)")
     lines.append(f"outcome: {result.status}" + (f" ({result.reason})" if result.reason else ""))
     return "\n".join(lines)
 

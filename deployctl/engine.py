@@ -150,6 +150,11 @@ def _rollback(run: Run, reason: str) -> str:
     return "rolled_back"
 
 
+# What a step's summary line carries from its journal detail (the rest is in `deployctl status`).
+SUMMARY_FIELDS = ("duration_s", "error", "action", "pause_ms", "replayed", "conflicts",
+                  "side_effect_rows", "changes_captured")
+
+
 def summarize(journal: Journal, release_id: int) -> Result:
     release = journal.get(release_id)
     steps: dict[str, dict[str, Any]] = {}
@@ -158,7 +163,7 @@ def summarize(journal: Journal, release_id: int) -> Result:
             continue
         entry = steps.setdefault(event["step"], {"step": event["step"]})
         entry["outcome"] = event["phase"]
-        entry.update({k: v for k, v in event["detail"].items() if k in ("duration_s", "error")})
+        entry.update({k: v for k, v in event["detail"].items() if k in SUMMARY_FIELDS})
     return Result(release.id, release.app, release.version, release.status, release.reason,
                   list(steps.values()))
 

@@ -74,6 +74,10 @@ def test_failed_smoke_check_rolls_back_database_and_keeps_blue_serving(env: Env,
         ("smoke", "failed"), ("rollback.blue", "done"), ("rollback.green", "done"),
         ("rollback.database", "done"), ("rollback.capture", "done")]
     assert env.revision() == "0001"
+    database_step = next(s for s in result["steps"] if s["step"] == "rollback.database")
+    if mode == "restore":  # the summary says what users felt and what was replayed
+        assert database_step["pause_ms"] >= 0 and database_step["conflicts"] == 0
+        assert database_step["replayed"] == 0, "nobody wrote during this release"
     with env.connect() as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == before
         if mode == "restore":
