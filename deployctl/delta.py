@@ -61,9 +61,10 @@ def require_complete(journal: Journal, release_id: int) -> None:
 def drain(journal: Journal, pb: Playbook, release_id: int, conn: psycopg.Connection[Any] | None = None,
           upto_lsn: str | None = None) -> capture.Drained | None:
     """Drain what the capture holds into the journal; a lost slot marks the delta incomplete."""
-    found = info(journal, release_id)
-    if found is None or journal.capture(release_id)["status"] != "active":  # type: ignore[index]
+    row = journal.capture(release_id)
+    if row is None or row["status"] != "active":
         return None
+    found = CaptureInfo.from_row(row)
     try:
         if conn is not None:
             return capture.drain_with(conn, journal.dsn, found, upto_lsn)
@@ -79,13 +80,10 @@ def finish(journal: Journal, pb: Playbook, release_id: int) -> dict[str, Any]:
     row = journal.capture(release_id)
     if row is None:
         return {}
-    dbname = psycopg.conninfo.conninfo_to_dict(pb.database.dsn)["dbname"]
-    names = restore.Names.for_release(str(dbname), release_id)
-    with psycopg.connect(with_dbname(pb.database.dsn, "postgres"), autocommit=True) as admin:
-        # After a restore the capture lives on in the kept failed database.
-        swapped = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                (names.failed,)).fetchone() is not None
-    where = with_dbname(pb.database.dsn, names.failed) if swapped else pb.database.dsn
+    # After a restore the capture lives on in the kept failed database.
+    swapped = restore.swap_started(pb.database.dsn, release_id)
+    failed = restore.names_for(pb.database.dsn, release_id).failed
+    where = with_dbname(pb.database.dsn, failed) if swapped else pb.database.dsn
     if row["status"] == "active" and not swapped:
         drain(journal, pb, release_id)
     capture.stop(where, row["slot"])
@@ -105,11 +103,9 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     found = journal.capture(release_id)
     opts = options(pb, reconciliation=reconciliation_file(pb, release_id),
                    capture_mode=found["mode"] if found else "logical")
-    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
-        swapping = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                 (names.failed,)).fetchone() is not None
     action = f"restored the snapshot at {base or 'base'} and replayed the delta"
-    if swapping:  # killed mid-swap: the tail was replayed before the first rename
+    if restore.swap_started(dsn, release_id):
+        # Killed mid-swap: the tail was replayed before the first rename.
         return {"action": action, **restore.swap(dsn, names)}
     drain(journal, pb, release_id)
     require_complete(journal, release_id)

@@ -20,6 +20,7 @@ from deployctl.errors import BadInput, StepFailed
 from deployctl.fleet import process
 from deployctl.fleet.health import wait_healthy
 from deployctl.fleet.transports import get as get_transport
+from deployctl.fleet.transports.local import LocalTransport
 from deployctl.gates import smoke as smoke_checks
 from deployctl.journal import Journal
 from deployctl.playbook import Playbook, parse
@@ -45,7 +46,7 @@ class Run:
                        db.lock_timeout, db.statement_timeout)
 
     @property
-    def transport(self) -> Any:
+    def transport(self) -> LocalTransport:
         return get_transport(self.pb.deploy.transport, self.pb.workdir)
 
     @property

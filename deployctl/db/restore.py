@@ -69,9 +69,19 @@ def _disconnect(conn: psycopg.Connection[Any], dbname: str, keep: int | None = N
     return len(rows)
 
 
+def names_for(dsn: str, release_id: int) -> Names:
+    return Names.for_release(str(conninfo_to_dict(dsn)["dbname"]), release_id)
+
+
+def swap_started(dsn: str, release_id: int) -> bool:
+    """Whether the live database was already renamed away (kept as `failed`) for this release."""
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        return _exists(admin, names_for(dsn, release_id).failed)
+
+
 def in_progress(dsn: str, release_id: int) -> bool:
     """Whether a restore for this release was loaded (and maybe half swapped) already."""
-    names = Names.for_release(str(conninfo_to_dict(dsn)["dbname"]), release_id)
+    names = names_for(dsn, release_id)
     with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
         return _exists(admin, names.failed) or _comment(admin, names.restored) == _LOADED.format(
             release_id)
@@ -79,8 +89,8 @@ def in_progress(dsn: str, release_id: int) -> bool:
 
 def load(dsn: str, snapshot: Path, release_id: int, *, jobs: int) -> Names:
     """Restore `snapshot` into a new database beside the live one (idempotent)."""
-    live = str(conninfo_to_dict(dsn)["dbname"])
-    names = Names.for_release(live, release_id)
+    names = names_for(dsn, release_id)
+    live = names.live
     marker = _LOADED.format(release_id)
     with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
         if _exists(admin, names.failed) or _comment(admin, names.restored) == marker:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from deployctl.fleet.transports.local import LocalTransport
 
 TRANSPORTS = {"local": LocalTransport}
 
 
-def get(name: str, workdir: object) -> LocalTransport:
-    return TRANSPORTS[name](workdir)  # type: ignore[arg-type]
+def get(name: str, workdir: Path) -> LocalTransport:
+    return TRANSPORTS[name](workdir)
