@@ -44,6 +44,7 @@ from deployctl.errors import StepFailed
 
 Policy = Literal["fail", "skip", "overwrite"]
 MASK = "***"
+FOLD_WORK_MEM = "64MB"
 
 
 @dataclass(frozen=True)
@@ -163,28 +164,31 @@ def changes(state: psycopg.Connection[Any], release_id: int, stored_after: int =
 # streamed to the target as COPY bytes: values never go through Python. An UPDATE that changes
 # the key is a DELETE of the old key and an INSERT of the new one. A row's final values merge
 # its changes in order (so a TOASTed value an update left out keeps the value known before).
+# One sort serves every window of a key; its first row carries the result.
 _NET = """
 WITH raw AS (
     SELECT pos, seq, op, key, new, old,
-           CASE WHEN op = 'update' THEN (SELECT jsonb_object_agg(k, new ->> k) FROM jsonb_object_keys(key) k)
-           END AS new_key
+           CASE WHEN op = 'update' AND NOT new @> key
+                THEN (SELECT jsonb_object_agg(k, new ->> k) FROM jsonb_object_keys(key) k) END AS new_key
     FROM deployctl.changes
     WHERE release_id = {rid} AND stored > {after} AND schema_name = {schema} AND table_name = {table}
       AND (pos, seq) > ({from_pos}, {from_seq}) AND op <> 'truncate'),
 steps AS (
-    SELECT pos, seq, 0 AS part, op, key, new, old FROM raw WHERE new_key IS NOT DISTINCT FROM key
-        OR op <> 'update'
+    SELECT pos, seq, 0 AS part, op, key, new, old FROM raw WHERE new_key IS NULL OR new_key = key
     UNION ALL
-    SELECT pos, seq, 0, 'delete', key, NULL, old FROM raw WHERE op = 'update' AND new_key <> key
+    SELECT pos, seq, 0, 'delete', key, NULL, old FROM raw WHERE new_key <> key
     UNION ALL
-    SELECT pos, seq, 1, 'insert', new_key, new, NULL FROM raw WHERE op = 'update' AND new_key <> key)
-SELECT (row_number() OVER ()) - 1, key,
-       (array_agg(op ORDER BY pos, seq, part))[1],
-       (array_agg(old ORDER BY pos, seq, part))[1],
-       CASE WHEN (array_agg(op ORDER BY pos DESC, seq DESC, part DESC))[1] = 'delete' THEN NULL
-            ELSE pg_temp.deployctl_merge(new ORDER BY pos, seq, part) END,
-       NULL::jsonb
-FROM steps GROUP BY key
+    SELECT pos, seq, 1, 'insert', new_key, new, NULL FROM raw WHERE new_key <> key),
+per_key AS (
+    SELECT key, row_number() OVER w AS n, first_value(op) OVER w AS first_op,
+           first_value(old) OVER w AS first_old, last_value(op) OVER w AS last_op,
+           pg_temp.deployctl_merge(new) OVER w AS merged
+    FROM steps
+    WINDOW w AS (PARTITION BY key ORDER BY pos, seq, part
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))
+SELECT (row_number() OVER ()) - 1, key, first_op, first_old,
+       CASE WHEN last_op = 'delete' THEN NULL ELSE merged END, NULL::jsonb
+FROM per_key WHERE n = 1
 """
 
 
@@ -232,7 +236,7 @@ def _mask(table: str, values: dict[str, Any] | None, personal: frozenset[str]) -
 # -- applying ------------------------------------------------------------------------------------
 
 # Aliases of the replay queries: long enough never to be the name of a user's column.
-_T, _R, _P, _K = (sql.Identifier(a) for a in ("deployctl_t", "deployctl_r", "deployctl_p", "deployctl_k"))
+_T, _R, _P, _J = (sql.Identifier(a) for a in ("deployctl_t", "deployctl_r", "deployctl_p", "deployctl_j"))
 
 
 class _Table:
@@ -250,22 +254,28 @@ class _Table:
         self.expressions = {col: spec["expr"] for col, spec in mapping.columns.items() if "expr" in spec}
 
     def _key_match(self) -> sql.Composable:
+        """A target row and a typed delta row with the same key."""
         return sql.SQL(" AND ").join(
-            sql.SQL("{}.{} = {}.{}").format(_T, sql.Identifier(c), _K, sql.Identifier(c)) for c in self.pk)
+            sql.SQL("{}.{} = {}.{}").format(_T, sql.Identifier(c), _P, sql.Identifier(c)) for c in self.pk)
+
+    def _typed(self, col: str, image: str) -> sql.Composable:
+        """`col` of the delta row's `image` (final or old) in the target's type; other columns
+        come from jsonb_populate_record() (alias `_J`)."""
+        kind = self.shape.json.get(col)
+        if kind is None:
+            return sql.SQL("{}.{}").format(_J, sql.Identifier(col))
+        # Logical capture keeps json/jsonb values as their exact text; triggers as JSON values.
+        return (sql.SQL("({}.{} ->> {})::{}") if self.json_as_text
+                else sql.SQL("NULLIF({}.{} -> {}, 'null')::{}")).format(
+                    _R, sql.Identifier(image), sql.Literal(col), sql.SQL(kind))  # kind from the catalog
 
     def _value(self, col: str, keep_target: bool) -> sql.Composable:
         """The value a row gets for `col`: from the delta, else (updates) the target's own."""
-        name = sql.Identifier(col)
-        kind = self.shape.json.get(col)
-        if kind is None:
-            return sql.SQL("{}.{}").format(_P, name)
-        cast = sql.SQL(kind)  # "json" or "jsonb", from the catalog
-        value = (sql.SQL("({}.final ->> {})::{}") if self.json_as_text
-                 else sql.SQL("NULLIF({}.final -> {}, 'null')::{}")).format(_R, sql.Literal(col), cast)
+        value = sql.SQL("{}.{}").format(_P, sql.Identifier(col))
         if not keep_target:
             return value
         return sql.SQL("CASE WHEN {r}.final ? {c} THEN {v} ELSE {t}.{n} END").format(
-            r=_R, c=sql.Literal(col), v=value, t=_T, n=name)
+            r=_R, c=sql.Literal(col), v=value, t=_T, n=sql.Identifier(col))
 
     def _row(self, columns: list[str], keep_target: bool) -> sql.Composable:
         return sql.SQL(", ").join(self._value(c, keep_target) for c in columns)
@@ -288,10 +298,12 @@ class _Table:
         query = sql.SQL(_NET).format(  # type: ignore[arg-type]
             from_pos=sql.Literal(truncated["pos"] if truncated else -1),
             from_seq=sql.Literal(truncated["seq"] if truncated else -1), **where)
-        with state.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as out, \
-                self.conn.cursor().copy("COPY replay_rows FROM STDIN") as into:
-            for data in out:
-                into.write(data)
+        with state.transaction():
+            state.execute(f"SET LOCAL work_mem = '{FOLD_WORK_MEM}'")  # the fold sorts in memory
+            with state.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as out, \
+                    self.conn.cursor().copy("COPY replay_rows FROM STDIN") as into:
+                for data in out:
+                    into.write(data)
         self._map()
 
     def _map(self) -> None:
@@ -330,79 +342,104 @@ class _Table:
                 "(SELECT ({}) FROM (SELECT r.src AS new) s)) WHERE r.final IS NOT NULL").format(
                     sql.Literal(col), sql.SQL(expr)))  # type: ignore[arg-type]
 
-    def conflicting(self, ids: list[int]) -> dict[int, tuple[dict[str, Any], dict[str, Any] | None]]:
-        """The key and final values of the rows that conflict (for the report)."""
-        rows = self.conn.execute("SELECT id, k, final FROM replay_rows WHERE id = ANY(%s)", (ids,)).fetchall()
-        return {r[0]: (r[1], r[2]) for r in rows}
+    def stage(self) -> None:
+        """The rows' values in the target's types, converted once (`replay_typed`)."""
+        typed = sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(self._typed(c, "final"), sql.Identifier(c)) for c in self.columns)
+        self.conn.execute("DROP TABLE IF EXISTS replay_typed")
+        self.conn.execute(sql.SQL(
+            "CREATE TEMP TABLE replay_typed ON COMMIT DROP AS SELECT {r}.id AS deployctl_id, {typed} "
+            "FROM replay_rows {r}, "
+            "jsonb_populate_record(NULL::{tbl}, {r}.k || COALESCE({r}.final, '{{}}')) {j}"
+        ).format(r=_R, j=_J, tbl=self.ident, typed=typed))
+        self.conn.execute("ANALYZE replay_rows")
+        self.conn.execute("ANALYZE replay_typed")
 
-    def target_row(self, ctid: Any) -> dict[str, Any] | None:
-        """The target's row (for a conflict listing), by the ctid classify() saw."""
-        row = self.conn.execute(sql.SQL("SELECT to_jsonb({t}) FROM {tbl} AS {t} WHERE ctid = %s::tid").format(
-            t=_T, tbl=self.ident), (ctid,)).fetchone()
-        return row[0] if row else None
+    def _joined(self) -> sql.Composable:
+        """The plan's rows with their delta rows, typed values and target rows."""
+        return sql.SQL("replay_rows {r} JOIN replay_typed {p} ON {p}.deployctl_id = {r}.id "
+                       "LEFT JOIN {tbl} AS {t} ON {match}").format(
+                           r=_R, p=_P, t=_T, tbl=self.ident, match=self._key_match())
 
-    def classify(self) -> list[tuple[int, str, bool, bool, bool | None, bool | None, Any]]:
-        """Per row: id, first op, deleted, target has it, equals final, equals old image, ctid."""
-        every = self._row(self.columns, keep_target=True)
+    def classify(self) -> None:
+        """Decide each row's action and conflict, into `replay_plan` (see the module's docstring)."""
         target_row = sql.SQL(", ").join(sql.SQL("{}.{}").format(_T, sql.Identifier(c)) for c in self.columns)
-        rows = self.conn.execute(sql.SQL(
-            """SELECT {r}.id, {r}.first_op, {r}.final IS NULL, {t}.ctid IS NOT NULL,
-                      CASE WHEN {t}.ctid IS NOT NULL AND {r}.final IS NOT NULL
-                           THEN ROW({target_row})::text = ROW({every})::text END,
-                      CASE WHEN {t}.ctid IS NOT NULL AND {r}.old IS NOT NULL
-                           THEN ROW({target_row})::text = ROW({old_row})::text END,
-                      {t}.ctid
-               FROM replay_rows {r}
-               CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, {r}.k) AS {k}
-               LEFT JOIN {tbl} AS {t} ON {match}
-               LEFT JOIN LATERAL jsonb_populate_record({t}, {r}.final) AS {p} ON true""").format(
-                   r=_R, t=_T, k=_K, p=_P, tbl=self.ident, match=self._key_match(), every=every,
-                   target_row=target_row, old_row=self._old_row())).fetchall()
-        return rows  # type: ignore[return-value]
+        self.conn.execute("DROP TABLE IF EXISTS replay_plan")
+        self.conn.execute(sql.SQL(
+            """CREATE TEMP TABLE replay_plan ON COMMIT DROP AS
+               SELECT id, CASE WHEN deleted THEN CASE WHEN present THEN 'delete' ELSE 'already' END
+                               WHEN present AND same_final THEN 'already'
+                               WHEN present THEN 'update' ELSE 'insert' END AS action,
+                          CASE WHEN deleted
+                               THEN CASE WHEN present AND same_old IS FALSE THEN 'changed_since' END
+                               WHEN present AND same_final THEN NULL
+                               WHEN present AND first_op = 'insert' THEN 'key_exists'
+                               WHEN present AND same_old IS FALSE THEN 'changed_since'
+                               WHEN NOT present AND first_op <> 'insert' THEN 'row_gone' END AS conflict,
+                          target_ctid
+               FROM (SELECT {r}.id, {r}.first_op, {r}.final IS NULL AS deleted,
+                            {t}.ctid IS NOT NULL AS present, {t}.ctid AS target_ctid,
+                            CASE WHEN {t}.ctid IS NOT NULL AND {r}.final IS NOT NULL
+                                 THEN ROW({target_row})::text = ROW({every})::text END AS same_final,
+                            CASE WHEN {t}.ctid IS NOT NULL AND {r}.old IS NOT NULL
+                                 THEN ROW({target_row})::text = ROW({old_row})::text END AS same_old
+                     FROM {joined}
+                     LEFT JOIN LATERAL jsonb_populate_record({t}, {r}.old) AS {j} ON {r}.old IS NOT NULL
+                    ) AS classified""").format(
+                r=_R, t=_T, j=_J, joined=self._joined(), target_row=target_row,
+                every=self._row(self.columns, keep_target=True), old_row=self._old_row()))
+        self.conn.execute("CREATE UNIQUE INDEX ON replay_plan (id)")
+        self.conn.execute("ANALYZE replay_plan")
+
+    def counts(self) -> Counter[tuple[str, bool]]:
+        """How many rows per (action, conflicting)."""
+        return Counter({(a, c): n for a, c, n in self.conn.execute(
+            "SELECT action, conflict IS NOT NULL, count(*) FROM replay_plan GROUP BY 1, 2").fetchall()})
+
+    def conflicts(self) -> list[tuple[str, dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]:
+        """Each conflict: kind, key, the delta's final values, the target's row."""
+        return self.conn.execute(sql.SQL(
+            "SELECT pl.conflict, {r}.k, {r}.final, to_jsonb({t}) FROM replay_plan pl "
+            "JOIN replay_rows {r} ON {r}.id = pl.id LEFT JOIN {tbl} AS {t} ON {t}.ctid = pl.target_ctid "
+            "WHERE pl.conflict IS NOT NULL ORDER BY pl.id").format(
+                r=_R, t=_T, tbl=self.ident)).fetchall()  # type: ignore[return-value]
 
     def _old_row(self) -> sql.Composable:
-        # The same as _row(), over the old image: populate the target row with `old`.
+        """The target row as the delta saw it before its first change: the old image over it."""
         return sql.SQL(", ").join(
-            sql.SQL("(jsonb_populate_record({t}, {r}.old)).{c}").format(t=_T, r=_R, c=sql.Identifier(c))
-            if c not in self.shape.json else
+            self._typed(c, "old") if c not in self.shape.json else
             sql.SQL("CASE WHEN {r}.old ? {l} THEN {v} ELSE {t}.{c} END").format(
-                r=_R, l=sql.Literal(c), t=_T, c=sql.Identifier(c),
-                v=(sql.SQL("({}.old ->> {})::{}") if self.json_as_text else
-                   sql.SQL("NULLIF({}.old -> {}, 'null')::{}")).format(
-                       _R, sql.Literal(c), sql.SQL(self.shape.json[c])))
+                r=_R, l=sql.Literal(c), t=_T, c=sql.Identifier(c), v=self._typed(c, "old"))
             for c in self.columns)
 
-    def apply(self, inserts: list[int], updates: list[int], deletes: list[int]) -> None:
-        if deletes:
+    def apply(self, overwrite: bool) -> None:
+        """Write the planned rows; conflicting ones only if `overwrite`."""
+        def planned(action: str) -> sql.Composable:
+            return sql.SQL("pl.action = {} AND (pl.conflict IS NULL OR {})").format(
+                sql.Literal(action), sql.Literal(overwrite))
+        rows = sql.SQL("replay_plan pl JOIN replay_rows {r} ON {r}.id = pl.id "
+                       "JOIN replay_typed {p} ON {p}.deployctl_id = pl.id").format(r=_R, p=_P)
+        match = self._key_match()
+        self.conn.execute(sql.SQL("DELETE FROM {tbl} AS {t} USING {rows} WHERE {planned} AND {match}").format(
+            tbl=self.ident, t=_T, rows=rows, planned=planned("delete"), match=match))
+        settable = [c for c in self.columns if c not in self.shape.always_identity]
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(c), self._value(c, keep_target=True)) for c in settable)
+        self.conn.execute(sql.SQL(
+            "UPDATE {tbl} AS {t} SET {set} FROM {rows} WHERE {planned} AND {match}").format(
+            tbl=self.ident, t=_T, rows=rows, planned=planned("update"), match=match, set=assignments))
+        # Rows with different column sets insert apart, so absent columns get their defaults.
+        keys = sql.SQL("ARRAY(SELECT jsonb_object_keys({r}.final))").format(r=_R)
+        shapes = self.conn.execute(sql.SQL("SELECT DISTINCT {keys} FROM {rows} WHERE {planned}").format(
+            keys=keys, rows=rows, planned=planned("insert"))).fetchall()
+        for (present,) in shapes:
+            cols = [c for c in self.columns if c in present]
             self.conn.execute(sql.SQL(
-                "DELETE FROM {tbl} AS {t} USING replay_rows {r}, "
-                "jsonb_populate_record(NULL::{tbl}, {r}.k) {k} WHERE {r}.id = ANY(%s) AND {match}").format(
-                    tbl=self.ident, t=_T, r=_R, k=_K, match=self._key_match()), (deletes,))
-        if updates:
-            settable = [c for c in self.columns if c not in self.shape.always_identity]
-            self.conn.execute(sql.SQL(
-                "UPDATE {tbl} AS {t} SET ({cols}) = "
-                "(SELECT {row} FROM jsonb_populate_record({t}, {r}.final) {p}) "
-                "FROM replay_rows {r}, jsonb_populate_record(NULL::{tbl}, {r}.k) {k} "
-                "WHERE {r}.id = ANY(%s) AND {match}").format(
-                    tbl=self.ident, t=_T, r=_R, k=_K, p=_P, match=self._key_match(),
-                    cols=sql.SQL(", ").join(map(sql.Identifier, settable)),
-                    row=self._row(settable, keep_target=True)),
-                (updates,))
-        if inserts:
-            # Rows with different column sets insert apart, so absent columns get their defaults.
-            shapes: dict[tuple[str, ...], list[int]] = {}
-            for row_id, keys in self.conn.execute(
-                    "SELECT id, ARRAY(SELECT jsonb_object_keys(final)) FROM replay_rows WHERE id = ANY(%s)",
-                    (inserts,)).fetchall():
-                shapes.setdefault(tuple(c for c in self.columns if c in keys), []).append(row_id)
-            for cols, ids in shapes.items():
-                self.conn.execute(sql.SQL(
-                    "INSERT INTO {tbl} ({cols}) OVERRIDING SYSTEM VALUE SELECT {row} FROM replay_rows {r}, "
-                    "jsonb_populate_record(NULL::{tbl}, {r}.final) {p} WHERE {r}.id = ANY(%s)").format(
-                        tbl=self.ident, cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                        row=self._row(list(cols), keep_target=False), r=_R, p=_P),
-                    (ids,))
+                "INSERT INTO {tbl} ({cols}) OVERRIDING SYSTEM VALUE SELECT {row} FROM {rows} "
+                "WHERE {planned} AND {keys} = %s::text[]").format(
+                    tbl=self.ident, cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                    row=self._row(cols, keep_target=False), rows=rows, planned=planned("insert"), keys=keys),
+                (present,))
 
     def fix_sequences(self) -> None:
         for col, seq in self.conn.execute(
@@ -416,28 +453,6 @@ class _Table:
                 "SELECT setval(%s::regclass, m) FROM (SELECT max({col}) AS m FROM {tbl}) s "
                 "WHERE m > COALESCE(pg_sequence_last_value(%s::regclass), 0)").format(
                     col=sql.Identifier(col), tbl=self.ident), (seq, seq))
-
-
-def _decide(first_op: str, deleted: bool, present: bool, same_final: bool | None, same_old: bool | None
-            ) -> tuple[str, str | None]:
-    """(action, conflict kind) for one net row; action is insert|update|delete|already."""
-    if deleted:
-        if not present:
-            return "already", None
-        if same_old is False:
-            return "delete", "changed_since"
-        return "delete", None
-    if present and same_final:
-        return "already", None
-    if present:
-        if first_op == "insert":
-            return "update", "key_exists"
-        if same_old is False:
-            return "update", "changed_since"
-        return "update", None
-    if first_op == "insert":
-        return "insert", None
-    return "insert", "row_gone"
 
 
 def _session_setup(conn: psycopg.Connection[Any]) -> None:
@@ -517,34 +532,29 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
 
 def _replay_table(table: _Table, report: Report, options: Options) -> bool:
     """Classify and apply the loaded rows; True if it wrote rows whose sequences may need moving."""
-    actions: dict[str, list[int]] = {"insert": [], "update": [], "delete": []}
-    conflicts: list[tuple[int, str, Any]] = []
-    for row_id, first_op, deleted, present, same_final, same_old, ctid in table.classify():
-        action, conflict = _decide(first_op, deleted, present, same_final, same_old)
-        if conflict is not None:
-            conflicts.append((row_id, conflict, ctid if present else None))
-            if options.on_conflict != "overwrite":
-                table.report.skipped += 1
-                continue
-        if action == "already":
-            table.report.already += 1
-        else:
-            actions[action].append(row_id)
-    if conflicts:
+    table.stage()
+    table.classify()
+    overwrite = options.on_conflict == "overwrite"
+    counts = table.counts()
+    if any(conflicting for _, conflicting in counts):
         resolution = {"fail": "none", "skip": "skipped", "overwrite": "overwritten"}[options.on_conflict]
-        ours = table.conflicting([c[0] for c in conflicts])
-        for row_id, kind, ctid in conflicts:
-            key, final = ours[row_id]
+        for kind, key, final, theirs in table.conflicts():
             report.conflicts.append(Conflict(
                 table.target, kind, _mask(table.target, key, options.personal) or {},
-                _mask(table.target, final, options.personal),
-                _mask(table.target, table.target_row(ctid) if ctid else None, options.personal),
+                _mask(table.target, final, options.personal), _mask(table.target, theirs, options.personal),
                 resolution))
-    table.apply(actions["insert"], actions["update"], actions["delete"])
-    table.report.inserted += len(actions["insert"])
-    table.report.updated += len(actions["update"])
-    table.report.deleted += len(actions["delete"])
-    return bool(actions["insert"] or actions["update"])
+    done = Counter[str]()
+    for (action, conflicting), n in counts.items():
+        if conflicting and not overwrite:
+            table.report.skipped += n
+        else:
+            done[action] += n
+    table.apply(overwrite)
+    table.report.already += done["already"]
+    table.report.inserted += done["insert"]
+    table.report.updated += done["update"]
+    table.report.deleted += done["delete"]
+    return bool(done["insert"] or done["update"])
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]], append: bool = False) -> None:
