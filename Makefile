@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgres demo test bench lint clean
+.PHONY: setup postgres fleet-tools demo test bench lint clean
 
 setup: $(STAMP) postgres
 
@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml
 postgres:
 	@bash scripts/ensure-postgres
 
+# sshd, HAProxy and nginx, which the fleet tests run for real (installed likewise).
+fleet-tools:
+	@bash scripts/ensure-fleet-tools
+
 demo: setup
 	$(BIN)/python examples/demo.py
 
-test: setup
+test: setup fleet-tools
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 # Results as `name value` lines on stdout (progress on stderr); a few minutes, own throwaway cluster.

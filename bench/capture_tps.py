@@ -5,6 +5,10 @@ interleaved (base, logical, trigger, base, …). A captured run is set up as dur
 `capture.start()` creates the slot and publication (or the triggers) for the pgbench tables, the
 journal records the capture with `pg_current_snapshot()` taken just after, and a capture
 `Worker` drains into the state database every second while pgbench runs.
+
+A fourth variant, `decode`, measures the floor of any logical capture on this machine: the same
+slot and publication consumed by PostgreSQL alone (`pg_logical_slot_get_binary_changes()`
+counted in the server, every second), with no client work and nothing stored.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import re
 import resource
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 
@@ -38,7 +43,7 @@ SCALE = int(os.environ.get("BENCH_PGBENCH_SCALE", "10"))
 SECONDS = int(os.environ.get("BENCH_PGBENCH_SECONDS", "6"))
 ROUNDS = int(os.environ.get("BENCH_CAPTURE_ROUNDS", "5"))
 CLIENTS, THREADS = 4, 2
-MODES = ("base", "logical", "trigger")
+MODES = ("base", "logical", "trigger", "decode")
 CHANGES_PER_TX = 4  # the TPC-B-like script: three UPDATEs and one INSERT
 
 
@@ -118,6 +123,8 @@ def _one(cluster: LocalCluster, mode: str, round_no: int) -> Run:
         cpu = _settled_cpu(cluster) - cpu
         return Run(_tps(output), cpu * 1000 / _transactions(output), None)
     name = f"deployctl_bench_{mode}_{round_no}"
+    if mode == "decode":
+        return _decode_only(cluster, name)
     with open_journal(cluster) as journal:
         release_id = new_release(journal, name)
         capture.start(dsn, mode, name, ["public"])
@@ -139,6 +146,34 @@ def _one(cluster: LocalCluster, mode: str, round_no: int) -> Run:
         finish_release(journal, release_id)
     transactions = _transactions(output)
     return Run(_tps(output), cpu * 1000 / transactions, drained / (transactions * CHANGES_PER_TX))
+
+
+def _decode_only(cluster: LocalCluster, name: str) -> Run:
+    """pgbench while PostgreSQL decodes the slot every second and throws the output away."""
+    dsn = cluster.dsn(DB)
+    capture.start(dsn, "logical", name, ["public"])
+    stop = threading.Event()
+
+    def consume() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.wait(1.0):
+                while conn.execute(
+                        "SELECT count(*) FROM pg_logical_slot_get_binary_changes(%s, NULL, %s, "
+                        "'proto_version', '1', 'publication_names', %s)",
+                        (name, capture.BATCH, name)).fetchone()[0] >= capture.BATCH:  # type: ignore[index]
+                    pass
+
+    consumer = threading.Thread(target=consume, name="decode-only")
+    cpu = _settled_cpu(cluster)
+    consumer.start()
+    try:
+        output = _bench(cluster)
+    finally:
+        stop.set()
+        consumer.join()
+    cpu = _settled_cpu(cluster) - cpu
+    capture.stop(dsn, name)
+    return Run(_tps(output), cpu * 1000 / _transactions(output), None)
 
 
 def run(cluster: LocalCluster, rounds: int) -> None:
@@ -164,7 +199,7 @@ def run(cluster: LocalCluster, rounds: int) -> None:
         emit(f"pgbench_tps_{mode}", tps[mode])
     for mode in MODES:
         emit(f"pgbench_cpu_ms_per_tx_{mode}", cpu[mode])
-    for mode in ("logical", "trigger"):
+    for mode in MODES[1:]:
         emit(f"capture_cpu_per_tx_ratio_{mode}", cpu[mode] / cpu["base"])
-    for mode in ("logical", "trigger"):
+    for mode in MODES[1:]:
         emit(f"capture_tps_ratio_{mode}", tps[mode] / tps["base"])
