@@ -142,11 +142,20 @@ def plan(playbook_path: str, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _unfinished(action: Callable[[str, int], engine.Result], release_id: int | None,
-                pb_path: str | None, state_dsn: str | None) -> engine.Result:
-    """Run `action` on the release named, or on the app's unfinished one."""
+def _target(release_id: int | None, pb_path: str | None, state_dsn: str | None) -> tuple[str, int]:
+    """The state DSN, and the release named or the app's unfinished one."""
     state = _state_dsn(pb_path, state_dsn)
-    return action(state, release_id or engine.find_open(state, _app(pb_path, None)))
+    return state, release_id or engine.find_open(state, _app(pb_path, None))
+
+
+def _request(command: str, release_id: int | None, pb_path: str | None, state_dsn: str | None,
+             as_json: bool) -> int:
+    state, rid = _target(release_id, pb_path, state_dsn)
+    holder = engine.request(state, rid, command)
+    _emit({"release_id": rid, "requested": command, "holder": holder}, as_json,
+          lambda: f"release #{rid}: {command} requested; {holder} carries it out at its next reading "
+                  f"(watch with `deployctl status {rid}`)")
+    return EXIT_OK
 
 
 @main.command()
@@ -156,8 +165,12 @@ def _unfinished(action: Callable[[str, int], engine.Result], release_id: int | N
 @_errors
 def resume(release_id: int | None, pb_path: str | None, state_dsn: str | None,
            as_json: bool) -> int:
-    """Continue an unfinished release (the latest one if RELEASE_ID is not given)."""
-    return _finish(_unfinished(engine.resume, release_id, pb_path, state_dsn), as_json)
+    """Continue a paused release, or an unfinished one whose process died (the latest if
+    RELEASE_ID is not given)."""
+    state, rid = _target(release_id, pb_path, state_dsn)
+    if engine.running_elsewhere(state, rid):
+        return _request("resume", rid, None, state, as_json)
+    return _finish(engine.resume(state, rid), as_json)
 
 
 @main.command()
@@ -167,10 +180,31 @@ def resume(release_id: int | None, pb_path: str | None, state_dsn: str | None,
 @_errors
 def rollback(release_id: int | None, pb_path: str | None, state_dsn: str | None,
              as_json: bool) -> int:
-    """Undo an unfinished release from whatever step it reached."""
-    result = _unfinished(engine.rollback, release_id, pb_path, state_dsn)
+    """Undo an unfinished release from whatever step it reached (a running one rolls itself
+    back at its next gate reading)."""
+    state, rid = _target(release_id, pb_path, state_dsn)
+    if engine.running_elsewhere(state, rid):
+        return _request("rollback", rid, None, state, as_json)
+    result = engine.rollback(state, rid)
     _emit(result.__dict__, as_json, lambda: _result_text(result))
     return EXIT_OK if result.status == "rolled_back" else result.exit_code
+
+
+def _control(command: str, summary: str) -> None:
+    @main.command(name=command, help=summary)
+    @click.argument("release_id", required=False, type=int)
+    @with_state
+    @json_option
+    @_errors
+    def control(release_id: int | None, pb_path: str | None, state_dsn: str | None, as_json: bool) -> int:
+        return _request(command, release_id, pb_path, state_dsn, as_json)
+
+
+_control("promote", "End the running cohort step now and go on to the next (RELEASE_ID: default the "
+                    "app's running release).")
+_control("pause", "Hold the running cohort step (its clock stops) until `deployctl resume`.")
+_control("abort", "Move every user back to blue now; green, the database and the capture stay "
+                  "until `deployctl rollback`.")
 
 
 @main.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,10 @@ def finish(journal: Journal, pb: Playbook, release_id: int) -> dict[str, Any]:
 
 
 def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapshot_path: Path,
-                        base: str | None) -> dict[str, Any]:
-    """Rollback mode `restore`: restore beside the live database, replay, pause, tail, swap."""
+                        base: str | None, pausing: AbstractContextManager[Any] | None = None
+                        ) -> dict[str, Any]:
+    """Rollback mode `restore`: restore beside the live database, replay, pause (inside
+    `pausing`), tail, swap."""
     dsn = pb.database.dsn
     names = restore.load(dsn, snapshot_path, release_id, jobs=pb.snapshot.jobs)
     restored_dsn = with_dbname(dsn, names.restored)
@@ -106,7 +109,7 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     action = f"restored the snapshot at {base or 'base'} and replayed the delta"
     if restore.swap_started(dsn, release_id):
         # Killed mid-swap: the tail was replayed before the first rename.
-        return {"action": action, **restore.swap(dsn, names)}
+        return {"action": action, **restore.swap(dsn, names, pausing=pausing)}
     drain(journal, pb, release_id)
     require_complete(journal, release_id)
     replayed_upto = last_stored(journal, release_id)
@@ -120,7 +123,7 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         last = replay.apply(journal.conn, release_id, restored_dsn, opts, stored_after=replayed_upto)
         return {"tail_changes": sum(t.changes for t in last.tables.values()), "tail": last}
 
-    swapped = restore.swap(dsn, names, tail)
+    swapped = restore.swap(dsn, names, tail, pausing)
     last: replay.Report | None = swapped.pop("tail", None)
     reports = [first] + ([last] if last else [])
     return {

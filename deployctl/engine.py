@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deployctl import failpoints
+from deployctl.cohorts import Aborted
 from deployctl.db import capture
 from deployctl.errors import (
     EXIT_BAD_INPUT,
@@ -27,13 +28,15 @@ from deployctl.journal import Journal, default_state_dsn
 from deployctl.log import log
 from deployctl.playbook import Playbook, parse
 from deployctl.redact import redact
-from deployctl.steps import FORWARD, ROLLBACK, Outcome, Refused, Run
+from deployctl.steps import Outcome, Refused, Run, forward, traffic_to_blue
+from deployctl.steps import rollback as rollback_steps
 
 EXIT_FOR_STATUS = {
     "released": EXIT_OK,
     "rolled_back": EXIT_ROLLED_BACK,
     "refused": EXIT_BAD_INPUT,
     "rollback_failed": EXIT_ROLLBACK_FAILED,
+    "aborted": EXIT_ROLLED_BACK,
 }
 
 
@@ -57,9 +60,9 @@ def state_dsn(pb: Playbook) -> str:
 
 def plan(pb: Playbook) -> list[str]:
     """The steps `release` would run for this playbook, and what rollback would do."""
-    return [name for name, _ in FORWARD] + [
+    return [name for name, _ in forward(pb)] + [
         f"on failure: {name} (database: {pb.database.rollback})" if name == "rollback.database"
-        else f"on failure: {name}" for name, _ in ROLLBACK
+        else f"on failure: {name}" for name, _ in rollback_steps(pb)
     ]
 
 
@@ -115,7 +118,7 @@ class _CaptureWorker:
 def _forward(run: Run) -> str:
     worker = _CaptureWorker(run)
     try:
-        for name, action in FORWARD:
+        for name, action in forward(run.pb):
             if name == "finalize":
                 worker.stop()  # finalize drains the rest itself
             try:
@@ -123,6 +126,9 @@ def _forward(run: Run) -> str:
             except Refused as exc:
                 run.journal.set_status(run.release_id, "refused", f"preflight: {exc}")
                 return "refused"
+            except Aborted as exc:
+                worker.stop()
+                return _abort(run, redact(str(exc)))
             except (Exception, KeyboardInterrupt) as exc:
                 worker.stop()
                 reason = f"{name} failed: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}"
@@ -134,10 +140,23 @@ def _forward(run: Run) -> str:
     return "released"
 
 
+def _abort(run: Run, reason: str) -> str:
+    """Users back on blue now; green, the migrated database and the capture stay for a look,
+    until `deployctl rollback` finishes the job."""
+    try:
+        _step(run, "rollback.traffic", traffic_to_blue)
+    except Exception as exc:
+        return _rollback(run, f"{reason}; then moving traffic to blue failed: {exc}")
+    run.journal.set_status(run.release_id, "aborted", reason)
+    log.warning("release aborted: users are on blue; green and the capture are kept",
+                release=run.release_id, next=f"deployctl rollback {run.release_id}")
+    return "aborted"
+
+
 def _rollback(run: Run, reason: str) -> str:
     run.journal.set_status(run.release_id, "rolling_back", reason)
     log.warning("rolling back", release=run.release_id, reason=reason)
-    for name, action in ROLLBACK:
+    for name, action in rollback_steps(run.pb):
         try:
             _step(run, name, action)
         except Exception as exc:
@@ -203,6 +222,9 @@ def _continue(state: str, release_id: int, action: str) -> Result:
             found = journal.get(release_id)  # it may have moved on while we waited
             if not found.open:
                 raise BadInput(f"release #{release_id} is already {found.status}")
+            if action == "resume" and found.status == "aborted":
+                raise BadInput(f"release #{release_id} was aborted: finish it with "
+                               f"`deployctl rollback {release_id}`")
             if action == "resume" and found.status == "running":
                 log.info("resuming release", release=release_id)
                 _forward(run)
@@ -212,6 +234,28 @@ def _continue(state: str, release_id: int, action: str) -> Result:
             return summarize(journal, release_id)
         finally:
             journal.release_lock(pb.app)
+
+
+def running_elsewhere(state: str, release_id: int) -> bool:
+    """Whether a live deployctl process is running this release forward (it takes requests)."""
+    with Journal(state) as journal:
+        found = journal.get(release_id)
+        if found.status != "running":
+            return False
+        lock = journal.lock_holder(found.app)
+        return bool(lock["alive"] and lock.get("release_id") == release_id)
+
+
+def request(state: str, release_id: int, command: str) -> str:
+    """Leave `command` for the process running the release; returns who holds it."""
+    with Journal(state) as journal:
+        found = journal.get(release_id)
+        lock = journal.lock_holder(found.app)
+        if found.status != "running" or not lock["alive"] or lock.get("release_id") != release_id:
+            raise BadInput(f"no deployctl process is running release #{release_id} ({found.status}): "
+                           f"nothing to {command}; see `deployctl status {release_id}`")
+        journal.request(release_id, command)
+        return str(lock["holder"])
 
 
 def resume(state: str, release_id: int) -> Result:

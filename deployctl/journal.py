@@ -26,7 +26,7 @@ from deployctl.errors import BadInput, LockHeld
 from deployctl.redact import safe_dsn
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent / "sql" / "state.sql"
-OPEN_STATUSES = ("running", "rolling_back", "rollback_failed")
+OPEN_STATUSES = ("running", "rolling_back", "rollback_failed", "aborted")
 # Namespace of deployctl's advisory locks (the second key is the application's name).
 _LOCK_NAMESPACE = "deployctl.release"
 
@@ -232,6 +232,21 @@ class Journal:
                WHERE id = %s""",
             (status, reason, finished, release_id),
         )
+
+    # -- requests from other terminals ------------------------------------------------------
+
+    def request(self, release_id: int, command: str) -> None:
+        self.conn.execute(
+            "INSERT INTO deployctl.controls (release_id, command, requested_by) VALUES (%s, %s, %s)",
+            (release_id, command, holder_name()))
+
+    def take_requests(self, release_id: int) -> list[dict[str, Any]]:
+        """The requests not handled yet, oldest first, marked handled."""
+        return sorted(self.conn.execute(
+            """UPDATE deployctl.controls SET handled_at = clock_timestamp()
+               WHERE release_id = %s AND handled_at IS NULL
+               RETURNING id, command, requested_by, requested_at""", (release_id,)).fetchall(),
+            key=lambda r: r["id"])
 
     # -- events -----------------------------------------------------------------------------
 

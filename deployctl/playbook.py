@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -67,6 +68,11 @@ def _existing_file(value: str, info: ValidationInfo) -> Path:
 
 def _folder(value: str, info: ValidationInfo) -> Path:
     return (Path((info.context or {}).get("base", ".")) / value).resolve()
+
+
+def _split_command(value: Any) -> Any:
+    # A string is split like a shell would, without running a shell.
+    return shlex.split(value) if isinstance(value, str) else value
 
 
 class DatabaseConfig(Model):
@@ -135,6 +141,22 @@ class HealthConfig(Model):
     interval: Duration = 0.25
 
 
+class EndpointConfig(Model):
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _host_port(cls, value: Any) -> Any:
+        # `127.0.0.1:18002` for short.
+        if isinstance(value, str):
+            host, sep, port = value.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError(f"expected host:port, got {value!r}")
+            return {"host": host, "port": int(port)}
+        return value
+
+
 class DeployConfig(Model):
     transport: Literal["local"] = "local"
     command: list[str] = Field(min_length=1)
@@ -142,16 +164,9 @@ class DeployConfig(Model):
     env: dict[str, str] = Field(default_factory=dict)
     health: HealthConfig
     stop_timeout: Duration = 10.0
+    endpoints: list[EndpointConfig] = Field(default_factory=list)  # where the router sends users
 
-    @field_validator("command", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        # A string is split like a shell would, without running a shell.
-        if isinstance(value, str):
-            import shlex
-
-            return shlex.split(value)
-        return value
+    _split = field_validator("command", mode="before")(_split_command)
 
     @field_validator("cwd", mode="before")
     @classmethod
@@ -162,6 +177,7 @@ class DeployConfig(Model):
 class HttpCheck(Model):
     url: str = Field(pattern=r"^https?://")
     method: Literal["GET", "HEAD", "POST"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
     status: int = Field(default=200, ge=100, lt=600)
     body_contains: str | None = None
     max_latency: Duration | None = None
@@ -191,6 +207,117 @@ class SmokeCheck(Model):
         return self
 
 
+class UserIdConfig(Model):
+    """Where a request carries the user's id, which keeps each user on one version."""
+
+    header: str | None = Field(default="X-User-Id", pattern=r"^[A-Za-z0-9-]+$")
+    cookie: str | None = Field(default=None, pattern=r"^\w+$")  # nginx names it $cookie_<name>
+
+    @model_validator(mode="after")
+    def _one_place(self) -> UserIdConfig:
+        if self.cookie is not None:
+            return self.model_copy(update={"header": None})
+        if self.header is None:
+            raise ValueError("give a `header` or a `cookie` that carries the user's id")
+        return self
+
+
+class HaproxyConfig(Model):
+    socket: Path
+    maps: Path                                   # the folder of deployctl's map files
+    blue_backend: str = "blue"
+    green_backend: str = "green"
+
+    _paths = field_validator("socket", "maps", mode="before")(_folder)
+
+
+class NginxConfig(Model):
+    config: Path                                 # nginx's main configuration file
+    include: Path                                # the file deployctl writes and nginx includes
+    access_log: Path | None = None               # in deployctl's log format, for the gates
+    binary: str = "nginx"
+
+    _paths = field_validator("config", "include", "access_log", mode="before")(_folder)
+
+
+class CommandRouterConfig(Model):
+    argv: list[str] = Field(min_length=1)
+    timeout: Duration = 60.0
+
+    _split = field_validator("argv", mode="before")(_split_command)
+
+
+class RouterConfig(Model):
+    type: Literal["haproxy", "nginx", "command"]
+    haproxy: HaproxyConfig | None = None
+    nginx: NginxConfig | None = None
+    command: CommandRouterConfig | None = None
+    user_id: UserIdConfig = UserIdConfig()
+    retry_after: Duration = 5.0                  # what a 503 in maintenance mode asks clients to wait
+
+    @model_validator(mode="after")
+    def _settings_for_type(self) -> RouterConfig:
+        if getattr(self, self.type) is None:
+            raise ValueError(f"router type {self.type} needs its settings under `{self.type}:`")
+        return self
+
+
+class CohortStep(Model):
+    """One stage of moving users to green; each keeps the users of the stages before it."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    allow: list[str] = Field(default_factory=list)
+    percent: int = Field(default=0, ge=0, le=100)
+    hold: Duration = 60.0
+
+    @field_validator("allow")
+    @classmethod
+    def _user_ids(cls, value: list[str]) -> list[str]:
+        from deployctl.fleet.routers.files import USER_ID
+
+        for user_id in value:
+            if not USER_ID.fullmatch(user_id):
+                raise ValueError(f"{user_id!r} is not a user id the routers accept: up to 128 letters, "
+                                 "digits and . _ @ + : -, starting with a letter or a digit")
+        return value
+
+    @model_validator(mode="after")
+    def _moves_someone(self) -> CohortStep:
+        if not self.allow and self.percent == 0:
+            raise ValueError("a cohort step needs an `allow` list or a `percent` above 0")
+        return self
+
+
+class RateGate(Model):
+    max: float | None = Field(default=None, ge=0)
+    max_vs_blue: float | None = Field(default=None, gt=0)   # green's value at most this × blue's
+
+
+class SqlGate(Model):
+    """A business metric: `query` now against `baseline` (from before the release)."""
+
+    name: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    baseline: str = Field(min_length=1)
+    min_ratio: float = Field(default=0.5, gt=0)
+
+
+class HttpGate(Model):
+    name: str = Field(min_length=1)
+    http: HttpCheck
+
+
+class GatesConfig(Model):
+    interval: Duration = 5.0
+    failures: int = Field(default=2, ge=1, le=100)     # failing readings in a row that roll back
+    min_requests: int = Field(default=20, ge=1)         # fewer in a window: inconclusive
+    error_rate: RateGate = RateGate(max=0.02, max_vs_blue=2.0)
+    latency_ms: RateGate = RateGate()
+    sql: list[SqlGate] = Field(default_factory=list)
+    http: list[HttpGate] = Field(default_factory=list)
+    on_inconclusive: Literal["pause", "rollback", "continue"] = "pause"
+
+
 class Playbook(Model):
     app: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     version: str = Field(min_length=1, max_length=100)
@@ -201,8 +328,19 @@ class Playbook(Model):
     capture: CaptureConfig = CaptureConfig()
     deploy: DeployConfig
     smoke: list[SmokeCheck] = Field(default_factory=list)
+    router: RouterConfig | None = None
+    cohorts: list[CohortStep] = Field(default_factory=list)
+    gates: GatesConfig = GatesConfig()
     replay: ReplayConfig = ReplayConfig()
     personal: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _traffic(self) -> Playbook:
+        if self.cohorts and self.router is None:
+            raise ValueError("cohorts need a `router` that moves users between versions")
+        if self.router is not None and not self.deploy.endpoints:
+            raise ValueError("a router needs `deploy.endpoints`: where this version answers (host:port)")
+        return self
 
     @field_validator("personal")
     @classmethod

@@ -6,22 +6,25 @@ journal-side effect, a function the engine runs in the same transaction as the `
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from deployctl import delta
+from deployctl import cohorts, delta
 from deployctl.db import capture, restore, snapshot
 from deployctl.db.migrate import Alembic
 from deployctl.errors import BadInput, StepFailed
-from deployctl.fleet import process
+from deployctl.fleet import process, routers
 from deployctl.fleet.health import wait_healthy
 from deployctl.fleet.transports import get as get_transport
 from deployctl.fleet.transports.local import LocalTransport
 from deployctl.gates import smoke as smoke_checks
+from deployctl.gates.watch import Watch, baselines
 from deployctl.journal import Journal
 from deployctl.playbook import Playbook, parse
 from deployctl.preflight import run as preflight_checks
@@ -54,6 +57,11 @@ class Run:
         # The start time keeps two state databases' release #1 from sharing a folder.
         started = self.journal.get(self.release_id).started_at
         return self.pb.workdir / "snapshots" / f"{self.pb.app}-{self.release_id}-{started:%Y%m%dT%H%M%S}"
+
+    @property
+    def router(self) -> routers.Router:
+        assert self.pb.router is not None
+        return routers.get(self.pb.router, self.pb.app)
 
     def live_playbook(self) -> Playbook | None:
         """The playbook of the version users are on now (blue), if deployctl released it."""
@@ -133,9 +141,46 @@ def smoke(run: Run) -> Outcome:
     return Outcome(detail)
 
 
+def route(run: Run) -> Outcome:
+    """The router sends green's backend to the new version; no user is on it yet."""
+    router = run.router
+    blue = run.live_playbook()
+    if blue is not None and blue.deploy.endpoints:
+        router.point(routers.BLUE, routers.endpoints(blue))
+    router.point(routers.GREEN, routers.endpoints(run.pb))
+    router.apply(routers.Split())
+    started = run.journal.get(run.release_id).started_at
+    return Outcome({"green": [f"{e.host}:{e.port}" for e in routers.endpoints(run.pb)],
+                    "baselines": baselines(run.pb.gates, run.pb.database.dsn, started)})
+
+
+def cohort(index: int) -> Callable[[Run], Outcome]:
+    """The step that holds cohort `index` (see deployctl/cohorts.py)."""
+    def step(run: Run) -> Outcome:
+        name = f"cohort.{run.pb.cohorts[index].name}"
+        router = run.router
+        split = cohorts.split_for(run.pb, index)
+        router.apply(split)
+        run.journal.event(run.release_id, name, "info", {"split": {"allow": len(split.allow),
+                                                                    "percent": split.percent}})
+        started = run.journal.get(run.release_id).started_at
+        watch = Watch(run.pb.gates, router, run.pb.database.dsn, started,
+                      run.journal.step_detail(run.release_id, "route").get("baselines", {}))
+        detail = cohorts.run_step(run.pb, index, watch, cohorts.Operator(run.journal, run.release_id),
+                                  lambda reading: run.journal.event(run.release_id, name, "info", reading))
+        return Outcome({**detail, "percent": split.percent, "allow": len(split.allow)})
+    return step
+
+
 def finalize(run: Run) -> Outcome:
     blue = run.live_playbook()
     stopped = None
+    if run.pb.router is not None:
+        # Blue's backend takes the new version before the split goes back to nobody on green:
+        # no request reaches the old version after this.
+        router = run.router
+        router.point(routers.BLUE, routers.endpoints(run.pb))
+        router.apply(routers.Split())
     if blue is not None and blue.version != run.pb.version:
         if run.transport.stop(process.for_playbook(blue), blue.deploy.stop_timeout):
             stopped = blue.version
@@ -149,14 +194,15 @@ def finalize(run: Run) -> Outcome:
     return Outcome({"live_version": run.pb.version, "stopped_version": stopped, **captured}, record)
 
 
-FORWARD: list[tuple[str, Callable[[Run], Outcome]]] = [
-    ("preflight", preflight),
-    ("snapshot", take_snapshot),
-    ("migrate", migrate),
-    ("deploy", deploy),
-    ("smoke", smoke),
-    ("finalize", finalize),
-]
+Steps = list[tuple[str, Callable[[Run], Outcome]]]
+
+
+def forward(pb: Playbook) -> Steps:
+    """The release's steps for this playbook: with a router, users move in cohorts."""
+    traffic: Steps = [("route", route)] + [
+        (f"cohort.{step.name}", cohort(i)) for i, step in enumerate(pb.cohorts)] if pb.router else []
+    return [("preflight", preflight), ("snapshot", take_snapshot), ("migrate", migrate),
+            ("deploy", deploy), ("smoke", smoke), *traffic, ("finalize", finalize)]
 
 
 # -- rollback ------------------------------------------------------------------------------
@@ -173,6 +219,17 @@ def blue_serving(run: Run) -> Outcome:
     wait_healthy(blue.deploy.health.url, timeout=blue.deploy.health.timeout,
                  interval=blue.deploy.health.interval, died=lambda: transport.exited(spec))
     return Outcome({"blue": blue.version, "pid": pid, "restarted": restarted})
+
+
+def traffic_to_blue(run: Run) -> Outcome:
+    """Every user back on the old version: its servers behind blue, nobody on green."""
+    started = time.monotonic()
+    router = run.router
+    blue = run.live_playbook()
+    if blue is not None and blue.deploy.endpoints:
+        router.point(routers.BLUE, routers.endpoints(blue))
+    router.apply(routers.Split())
+    return Outcome({"switched_s": round(time.monotonic() - started, 3)})
 
 
 def stop_green(run: Run) -> Outcome:
@@ -206,7 +263,18 @@ def database(run: Run) -> Outcome:
 
 def _restore(run: Run, snapshot_path: Path, base: str | None) -> Outcome:
     return Outcome({"mode": "restore", **delta.restore_with_replay(
-        run.journal, run.pb, run.release_id, snapshot_path, base)})
+        run.journal, run.pb, run.release_id, snapshot_path, base,
+        _maintenance(run.router) if run.pb.router else None)})
+
+
+@contextmanager
+def _maintenance(router: routers.Router) -> Iterator[None]:
+    """Users get 503 with Retry-After while the databases swap, then everyone is on blue."""
+    router.apply(routers.Split(maintenance=True))
+    try:
+        yield
+    finally:
+        router.apply(routers.Split())
 
 
 def stop_capture(run: Run) -> Outcome:
@@ -214,9 +282,8 @@ def stop_capture(run: Run) -> Outcome:
     return Outcome(delta.finish(run.journal, run.pb, run.release_id))
 
 
-ROLLBACK: list[tuple[str, Callable[[Run], Outcome]]] = [
-    ("rollback.blue", blue_serving),
-    ("rollback.green", stop_green),
-    ("rollback.database", database),
-    ("rollback.capture", stop_capture),
-]
+def rollback(pb: Playbook) -> Steps:
+    """Undoing a release: blue serving, users on it, green stopped, database and capture."""
+    traffic: Steps = [("rollback.traffic", traffic_to_blue)] if pb.router else []
+    return [("rollback.blue", blue_serving), *traffic, ("rollback.green", stop_green),
+            ("rollback.database", database), ("rollback.capture", stop_capture)]

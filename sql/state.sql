@@ -9,8 +9,9 @@ CREATE TABLE IF NOT EXISTS deployctl.releases (
     version         text NOT NULL,
     from_version    text,
     status          text NOT NULL DEFAULT 'running'
+                    CONSTRAINT releases_status_check
                     CHECK (status IN ('running', 'rolling_back', 'released', 'rolled_back',
-                                      'rollback_failed', 'refused')),
+                                      'rollback_failed', 'refused', 'aborted')),
     reason          text,
     playbook_path   text NOT NULL,
     playbook_text   text NOT NULL,
@@ -21,8 +22,20 @@ CREATE TABLE IF NOT EXISTS deployctl.releases (
 );
 CREATE INDEX IF NOT EXISTS releases_app ON deployctl.releases (app, id DESC);
 -- At most one unfinished release per application: the journal half of the lock.
+-- `aborted`: users are back on blue, green and the capture are kept until `deployctl rollback`.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = 'deployctl'
+               AND indexname = 'releases_one_open_per_app' AND indexdef NOT LIKE '%aborted%') THEN
+        ALTER TABLE deployctl.releases DROP CONSTRAINT releases_status_check;
+        ALTER TABLE deployctl.releases ADD CONSTRAINT releases_status_check
+            CHECK (status IN ('running', 'rolling_back', 'released', 'rolled_back',
+                              'rollback_failed', 'refused', 'aborted'));
+        DROP INDEX deployctl.releases_one_open_per_app;
+    END IF;
+END $$;
 CREATE UNIQUE INDEX IF NOT EXISTS releases_one_open_per_app ON deployctl.releases (app)
-    WHERE status IN ('running', 'rolling_back', 'rollback_failed');
+    WHERE status IN ('running', 'rolling_back', 'rollback_failed', 'aborted');
 
 CREATE TABLE IF NOT EXISTS deployctl.events (
     id          bigserial PRIMARY KEY,
@@ -100,3 +113,15 @@ CREATE TABLE IF NOT EXISTS deployctl.changes (
 -- replays, during the pause, exactly what was stored after its first replay. Trigger capture
 -- numbers a change when it is written, so a late commit can carry a lower position.
 ALTER TABLE deployctl.changes ADD COLUMN IF NOT EXISTS stored bigserial;
+
+-- Requests from other terminals to a running release (`deployctl promote`, `pause`, …): the
+-- release's process reads them between gate readings.
+CREATE TABLE IF NOT EXISTS deployctl.controls (
+    id           bigserial PRIMARY KEY,
+    release_id   bigint NOT NULL REFERENCES deployctl.releases (id) ON DELETE CASCADE,
+    command      text NOT NULL CHECK (command IN ('promote', 'pause', 'resume', 'abort', 'rollback')),
+    requested_by text NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    handled_at   timestamptz
+);
+CREATE INDEX IF NOT EXISTS controls_pending ON deployctl.controls (release_id) WHERE handled_at IS NULL;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,34 +117,38 @@ def load(dsn: str, snapshot: Path, release_id: int, *, jobs: int) -> Names:
 
 
 def swap(dsn: str, names: Names,
-         tail: Callable[[psycopg.Connection[Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+         tail: Callable[[psycopg.Connection[Any]], dict[str, Any]] | None = None,
+         pausing: AbstractContextManager[Any] | None = None) -> dict[str, Any]:
     """Put the restored database in the live one's place; keep the live one as `failed`.
 
     Writes pause from the moment the live database refuses connections until the restored one
-    takes its name. In between, `tail` runs on the one connection to the live database that is
-    kept open (to drain and replay the last changes). Returns the pause in milliseconds.
+    takes its name, inside `pausing` (the router's maintenance mode: users get 503 with
+    Retry-After rather than errors). In between, `tail` runs on the one connection to the live
+    database that is kept open (to drain and replay the last changes). Returns the pause in
+    milliseconds.
     """
     result: dict[str, Any] = {}
     with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
-        started = time.monotonic()
-        if not _exists(admin, names.failed):
-            kept = psycopg.connect(dsn, autocommit=True) if tail else None
-            try:
-                _allow_connections(admin, names.live, False)
-                result["connections_closed"] = _disconnect(
-                    admin, names.live, keep=kept.info.backend_pid if kept else None)
-                if tail and kept:
-                    result.update(tail(kept))
-            finally:
-                if kept:
-                    kept.close()
-            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                sql.Identifier(names.live), sql.Identifier(names.failed)))
-        if not _exists(admin, names.live):
-            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                sql.Identifier(names.restored), sql.Identifier(names.live)))
-        _allow_connections(admin, names.live, True)
-        result["pause_ms"] = round((time.monotonic() - started) * 1000, 1)
+        with pausing or nullcontext():
+            started = time.monotonic()
+            if not _exists(admin, names.failed):
+                kept = psycopg.connect(dsn, autocommit=True) if tail else None
+                try:
+                    _allow_connections(admin, names.live, False)
+                    result["connections_closed"] = _disconnect(
+                        admin, names.live, keep=kept.info.backend_pid if kept else None)
+                    if tail and kept:
+                        result.update(tail(kept))
+                finally:
+                    if kept:
+                        kept.close()
+                admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(names.live), sql.Identifier(names.failed)))
+            if not _exists(admin, names.live):
+                admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(names.restored), sql.Identifier(names.live)))
+            _allow_connections(admin, names.live, True)
+            result["pause_ms"] = round((time.monotonic() - started) * 1000, 1)
         admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(names.live)))
         _allow_connections(admin, names.failed, True)
         admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(

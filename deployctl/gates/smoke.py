@@ -23,8 +23,8 @@ class Result:
     latency_ms: float | None = None
 
 
-def _http(name: str, check: HttpCheck) -> Result:
-    request = urllib.request.Request(check.url, method=check.method)
+def check_http(name: str, check: HttpCheck) -> Result:
+    request = urllib.request.Request(check.url, method=check.method, headers=check.headers)
     started = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=check.timeout) as resp:  # noqa: S310
@@ -61,7 +61,7 @@ def run(check: SmokeCheck, dsn: str) -> Result:
     """Run one check, retrying `check.retries` times `check.interval` apart."""
     for attempt in range(check.retries + 1):
         if check.http is not None:
-            result = _http(check.name, check.http)
+            result = check_http(check.name, check.http)
         else:
             assert check.sql is not None
             result = _sql(check.name, check.sql, dsn)

@@ -17,7 +17,9 @@ Usage::
     DATABASE_URL=... python examples/social/app.py seed --users 20 --messages 50
 
 Environment: ``DATABASE_URL`` (required), ``SOCIAL_FAIL`` (non-empty and not ``0``: version 2's
-``GET /feed`` answers 500, the deliberate bug the smoke check must catch), and
+``GET /feed`` answers 500, the deliberate bug the smoke check must catch; ``users``: version 2
+answers 500 to every request carrying a user id in ``X-User-Id``, a bug only real users meet,
+which the gates of a cohort step must catch), and
 ``SOCIAL_STARTUP_DELAY`` (seconds to wait before listening, to make a deploy step slow).
 """
 
@@ -178,10 +180,11 @@ Handler = Callable[["SocialApp", Row, tuple[str, ...]], Response]
 class SocialApp:
     """The endpoints of one version, independent of HTTP plumbing so each is easy to follow."""
 
-    def __init__(self, db: Database, version: int, fail_feed: bool) -> None:
+    def __init__(self, db: Database, version: int, fail_feed: bool, fail_users: bool = False) -> None:
         self.db = db
         self.version = version
         self.fail_feed = fail_feed
+        self.fail_users = fail_users
         routes: list[tuple[str, str, Handler, int]] = [
             ("GET", r"/", SocialApp.index, 1),
             ("GET", r"/health", SocialApp.health, 1),
@@ -413,6 +416,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         try:
             body = self._read_json() if self.command in ("POST", "PATCH", "DELETE") else {}
+            if app.fail_users and app.version >= 2 and self.headers.get("X-User-Id"):
+                raise HttpError(500, "broken for signed-in users")
             response = app.dispatch(self.command, path, body)
         except HttpError as exc:
             response = Response(exc.status, {"error": exc.message})
@@ -503,7 +508,9 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 def serve(version: int, host: str, port: int) -> int:
     db = Database(database_url())
-    app = SocialApp(db, version, fail_feed=flag_enabled("SOCIAL_FAIL"))
+    fail = os.environ.get("SOCIAL_FAIL", "").strip()
+    app = SocialApp(db, version, fail_feed=flag_enabled("SOCIAL_FAIL") and fail != "users",
+                    fail_users=fail == "users")
     with stop_on_signals() as stop:
         delay = startup_delay()
         if delay:

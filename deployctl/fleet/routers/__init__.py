@@ -12,7 +12,10 @@ others by a stable hash of their user id (a header or a cookie), so that a user 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from deployctl.playbook import Playbook, RouterConfig
 
 BLUE, GREEN = "blue", "green"
 
@@ -59,3 +62,24 @@ class Router(Protocol):
 
     def readings(self) -> Readings:
         """Counters per color; None where this router cannot measure."""
+
+
+def endpoints(pb: Playbook) -> list[Endpoint]:
+    """Where the playbook's version answers."""
+    return [Endpoint(e.host, e.port) for e in pb.deploy.endpoints]
+
+
+def get(config: RouterConfig, app: str) -> Router:
+    """The router the playbook names, ready to use."""
+    if config.type == "haproxy":
+        from deployctl.fleet.routers.haproxy import HaproxyRouter
+
+        assert config.haproxy is not None
+        return HaproxyRouter.from_config(config, app)
+    if config.type == "nginx":
+        from deployctl.fleet.routers.nginx import NginxRouter
+
+        return NginxRouter.from_config(config, app)
+    from deployctl.fleet.routers.command import CommandRouter
+
+    return CommandRouter.from_config(config, app)

@@ -1,0 +1,118 @@
+"""Moving users to green in sticky cohorts, watching the gates, obeying other terminals.
+
+A cohort step sets the router's split (the allow-lists and the largest percentage of this step
+and those before it), then reads the gates every interval for the step's `hold`. `failures`
+failing readings in a row are a breach: the step fails and the engine rolls back, traffic to
+blue first. A step whose readings were all inconclusive pauses for a human (in CI, or with
+`on_inconclusive: rollback`, it rolls back). Between readings the step takes the requests other
+terminals left in the journal: `promote` ends the step now, `pause` holds it (the hold clock
+stops) until `resume`, `abort` and `rollback` end the release.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from deployctl.errors import StepFailed
+from deployctl.fleet.routers import Split
+from deployctl.gates.watch import Watch
+from deployctl.log import log
+from deployctl.playbook import CohortStep, Playbook
+
+POLL_S = 0.2  # how often a waiting step looks for requests from other terminals
+
+
+class Aborted(StepFailed):
+    """An operator asked to abort: users back on blue now, green and the capture kept."""
+
+
+def split_for(pb: Playbook, upto: int) -> Split:
+    """The split of cohort step `upto`: everyone let in by it or by a step before it."""
+    steps = pb.cohorts[: upto + 1]
+    allow = tuple(dict.fromkeys(user for step in steps for user in step.allow))
+    return Split(allow=allow, percent=max(step.percent for step in steps))
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class Operator:
+    """The requests other terminals leave for this release in the journal."""
+
+    def __init__(self, journal: Any, release_id: int) -> None:
+        self.journal, self.release_id = journal, release_id
+
+    def take(self) -> list[str]:
+        return [r["command"] for r in self.journal.take_requests(self.release_id)]
+
+    def wait(self, seconds: float) -> str | None:
+        """Sleep up to `seconds`; return early with the first request that arrives."""
+        deadline = time.monotonic() + seconds
+        while True:
+            for command in self.take():
+                return command
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(POLL_S, left))
+
+    def hold(self, why: str) -> str:
+        """Paused: wait for `resume`, `promote`, `abort` or `rollback`; return which."""
+        log.warning("release paused: waiting for an operator", reason=why,
+                    next="deployctl resume | promote | abort | rollback")
+        while True:
+            command = self.wait(3600.0)
+            if command in ("resume", "promote", "abort", "rollback"):
+                return command
+
+
+def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
+             record: Any) -> dict[str, Any]:
+    """Hold cohort step `index` while its gates pass; return what the journal keeps of it."""
+    step: CohortStep = pb.cohorts[index]
+    gates = pb.gates
+    held = 0.0
+    failing = 0
+    readings = conclusive = 0
+    ended = "held"
+    while held < step.hold:
+        started = time.monotonic()
+        command = operator.wait(min(gates.interval, step.hold - held))
+        if command is not None:
+            if command == "pause":
+                command = operator.hold("paused by an operator")
+            if command == "promote":
+                ended = "promoted"
+                break
+            if command in ("abort", "rollback"):
+                raise (Aborted if command == "abort" else StepFailed)(
+                    f"{command} requested by an operator during cohort {step.name}")
+            continue  # resumed: the hold clock did not run while paused
+        held += time.monotonic() - started
+        verdict, figures = watch.read()
+        readings += 1
+        conclusive += verdict.status != "inconclusive"
+        record({"cohort": step.name, **verdict.as_dict(), **figures})
+        if verdict.status == "fail":
+            failing += 1
+            if failing >= gates.failures:
+                raise StepFailed(f"gate breach in cohort {step.name}: {verdict.failures()}")
+        elif verdict.status == "pass":
+            failing = 0
+    if ended == "held" and readings and not conclusive:
+        policy = gates.on_inconclusive
+        if policy == "pause" and in_ci():
+            policy = "rollback"
+        why = f"cohort {step.name}: no gate reading was conclusive in {readings} readings"
+        if policy == "rollback":
+            raise StepFailed(why)
+        if policy == "pause":
+            command = operator.hold(why)
+            if command in ("abort", "rollback"):
+                raise (Aborted if command == "abort" else StepFailed)(f"{command} requested: {why}")
+            ended = "continued by an operator"
+    return {"cohort": step.name, "ended": ended, "readings": readings, "conclusive": conclusive,
+            "held_s": round(held, 3)}

@@ -1,0 +1,96 @@
+"""The `command` router: the user's own program moves the traffic (cloud load balancer, Kubernetes).
+
+Each change runs the configured argv once, with what to do in its environment:
+
+- always `DEPLOYCTL_ACTION`: `apply` or `point`;
+- for `apply`: `DEPLOYCTL_ALLOW` (user ids, comma-separated), `DEPLOYCTL_PERCENT` (0-100) and
+  `DEPLOYCTL_MAINTENANCE` (`1` or `0`);
+- for `point`: `DEPLOYCTL_COLOR` (`blue` or `green`) and `DEPLOYCTL_BLUE` or `DEPLOYCTL_GREEN`,
+  the servers as comma-separated `host:port`.
+
+Exit status 0 means done; anything else fails the step with the end of the program's output.
+The command router cannot measure traffic: its readings are empty, which the gates treat as
+inconclusive, never as a pass.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from deployctl.errors import BadInput, StepFailed
+from deployctl.fleet.routers import BLUE, GREEN, Endpoint, Readings, Split
+from deployctl.fleet.routers.files import last_lines
+from deployctl.log import log
+
+if TYPE_CHECKING:
+    from deployctl.playbook import RouterConfig
+
+
+def apply_env(split: Split) -> dict[str, str]:
+    """The variables `apply(split)` adds to the command's environment."""
+    if any("," in uid for uid in split.allow):
+        raise BadInput("command router: a user id on the allow-list contains a comma")
+    return {"DEPLOYCTL_ACTION": "apply", "DEPLOYCTL_ALLOW": ",".join(split.allow),
+            "DEPLOYCTL_PERCENT": str(split.percent), "DEPLOYCTL_MAINTENANCE": str(int(split.maintenance))}
+
+
+def point_env(color: str, endpoints: list[Endpoint]) -> dict[str, str]:
+    """The variables `point(color, endpoints)` adds to the command's environment."""
+    if color not in (BLUE, GREEN):
+        raise BadInput(f"command router: color must be {BLUE} or {GREEN}, got {color!r}")
+    servers = ",".join(f"[{e.host}]:{e.port}" if ":" in e.host else f"{e.host}:{e.port}" for e in endpoints)
+    return {"DEPLOYCTL_ACTION": "point", "DEPLOYCTL_COLOR": color, f"DEPLOYCTL_{color.upper()}": servers}
+
+
+class CommandRouter:
+    """Runs `argv` for every change; `env` adds to (not replaces) deployctl's environment."""
+
+    def __init__(self, argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+                 timeout: float = 300.0) -> None:
+        if not argv:
+            raise BadInput("command router: the command is empty")
+        self.argv, self.cwd, self.env, self.timeout = list(argv), cwd, dict(env or {}), timeout
+
+    @classmethod
+    def from_config(cls, config: RouterConfig, app: str) -> CommandRouter:
+        """The router a playbook's `router:` section (type `command`) describes."""
+        if config.command is None:
+            raise BadInput(f"{app}: router type command needs its settings under `command:`")
+        return cls(list(config.command.argv), timeout=config.command.timeout)
+
+    def apply(self, split: Split) -> None:
+        self._run(apply_env(split))
+        log.info("router.applied", router="command", percent=split.percent, allow=len(split.allow),
+                 maintenance=split.maintenance)
+
+    def point(self, color: str, endpoints: list[Endpoint]) -> None:
+        self._run(point_env(color, endpoints))
+        log.info("router.pointed", router="command", color=color,
+                 servers=[f"{e.host}:{e.port}" for e in endpoints])
+
+    def readings(self) -> Readings:
+        """Nothing measured: None for both colors (inconclusive for the gates)."""
+        return Readings()
+
+    def _run(self, variables: dict[str, str]) -> None:
+        action = variables["DEPLOYCTL_ACTION"]
+        try:
+            done = subprocess.run(self.argv, cwd=self.cwd, env={**os.environ, **self.env, **variables},
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, errors="replace", timeout=self.timeout, check=False)
+        except FileNotFoundError as exc:
+            raise StepFailed(f"router command {self.argv[0]}: not found ({exc.strerror})") from exc
+        except subprocess.TimeoutExpired as exc:
+            output = exc.output or ""
+            if isinstance(output, bytes):
+                output = output.decode(errors="replace")
+            raise StepFailed(f"router command {self.argv[0]} ({action}) did not finish within "
+                             f"{self.timeout:g}s: {last_lines(output)}") from exc
+        except OSError as exc:
+            raise StepFailed(f"router command {self.argv[0]}: {exc}") from exc
+        if done.returncode != 0:
+            raise StepFailed(f"router command {self.argv[0]} ({action}) exited with status "
+                             f"{done.returncode}: {last_lines(done.stdout)}")

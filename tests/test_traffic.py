@@ -1,0 +1,255 @@
+"""Releases that move real users through a real HAProxy in sticky cohorts, watched by gates.
+
+Version 1 of the sample app is released behind HAProxy, then version 2 in cohort steps while
+simulated users (each with a user id in X-User-Id) keep reading their feed through HAProxy.
+The tests show: each user moves from version 1 to version 2 once and never back, allow-listed
+users first, with zero failed requests; a gate breach at 10% puts every user back on version 1
+and rolls back; operators pause, promote and abort a running release from another terminal; a
+step with no conclusive reading rolls back in CI.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployctl.fleet.routers import Endpoint, Split
+from deployctl.fleet.routers import haproxy as haproxy_router
+from tests.conftest import Env
+from tests.routers_env import HaproxyEnv, free_port
+
+pytestmark = pytest.mark.integration
+
+USERS = [f"user{i}" for i in range(200)]
+STAFF = ["user7", "user42"]
+
+
+@pytest.fixture(name="haproxy")
+def haproxy_fixture(env: Env) -> Iterator[HaproxyEnv]:
+    # A short folder: a unix socket's path holds ~100 bytes at most.
+    folder = Path(tempfile.mkdtemp(prefix="dc-haproxy-"))
+    port, maps, admin = free_port(), folder / "maps", folder / "admin.sock"
+    config = folder / "haproxy.cfg"
+    config.write_text(haproxy_router.render_config(
+        listen=Endpoint("127.0.0.1", port), socket_path=admin, state_dir=maps,
+        blue=[Endpoint("127.0.0.1", env.blue_port)], green=[Endpoint("127.0.0.1", env.green_port)]))
+    haproxy_router.write_map_files(maps, Split())
+    proxy = HaproxyEnv(port, folder, config, haproxy_router.HaproxyRouter(admin, maps))
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def routed(env: Env, proxy: HaproxyEnv, version: str, **changes: Any) -> Path:
+    """A playbook for `version` behind the test's HAProxy."""
+    port = env.blue_port if version == "1" else env.green_port
+    deploy = {"endpoints": [f"127.0.0.1:{port}"], **changes.pop("deploy", {})}
+    return env.playbook(version, deploy=deploy, router={
+        "type": "haproxy", "retry_after": "2s",
+        "haproxy": {"socket": str(proxy.folder / "admin.sock"), "maps": str(proxy.folder / "maps")},
+    }, **changes)
+
+
+GATES = {"interval": "0.4s", "failures": 2, "min_requests": 3, "error_rate": {"max": 0.05}}
+
+
+@dataclass
+class Users:
+    """Simulated users reading their feed through HAProxy, each request recorded."""
+
+    port: int
+    seen: list[tuple[float, str, int | None, str | None]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def _run(self, offset: int) -> None:
+        i = offset
+        while not self.stop.is_set():
+            user = USERS[i % len(USERS)]
+            i += 7
+            status: int | None = None
+            version: str | None = None
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", "/feed", headers={"X-User-Id": user})
+                resp = conn.getresponse()
+                resp.read()
+                status, server = resp.status, resp.getheader("Server") or ""
+                version = server.removeprefix("social/") if server.startswith("social/") else None
+                conn.close()
+            except (OSError, http.client.HTTPException):
+                pass
+            self.seen.append((time.monotonic(), user, status, version))
+            time.sleep(0.002)
+
+    def __enter__(self) -> Users:
+        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(4)]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def failed(self) -> list[tuple[float, str, int | None, str | None]]:
+        return [s for s in self.seen if s[2] != 200]
+
+    def first_on(self, version: str) -> dict[str, float]:
+        first: dict[str, float] = {}
+        for at, user, _, seen in self.seen:
+            if seen == version:
+                first.setdefault(user, at)
+        return first
+
+
+def versions_now(port: int) -> dict[str, str | None]:
+    """The version each user gets right now."""
+    out = {}
+    for user in USERS:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/health", headers={"X-User-Id": user})
+        resp = conn.getresponse()
+        resp.read()
+        out[user] = (resp.getheader("Server") or "").removeprefix("social/")
+        conn.close()
+    return out
+
+
+def released_v1(env: Env, proxy: HaproxyEnv) -> None:
+    done = env.cli("release", str(routed(env, proxy, "1")))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert set(versions_now(proxy.port).values()) == {"1"}
+
+
+def test_a_staged_release_moves_each_user_once_allow_list_first_with_no_failed_request(
+        env: Env, haproxy: HaproxyEnv) -> None:
+    released_v1(env, haproxy)
+    playbook = routed(env, haproxy, "2", gates=GATES, cohorts=[
+        {"name": "staff", "allow": STAFF, "hold": "1.5s"},
+        {"name": "beta", "percent": 10, "hold": "1.5s"},
+        {"name": "half", "percent": 50, "hold": "1.5s"},
+        {"name": "everyone", "percent": 100, "hold": "1.5s"}])
+    with Users(haproxy.port) as users:
+        done = env.cli("release", str(playbook), "--json", timeout=300)
+        time.sleep(0.5)
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = [s["step"] for s in json.loads(done.stdout)["steps"]]
+    assert steps[5:10] == ["route", "cohort.staff", "cohort.beta", "cohort.half", "cohort.everyone"]
+
+    assert len(users.seen) > 1000, "the simulated users sent too few requests to judge"
+    assert users.failed() == [], f"{len(users.failed())} of {len(users.seen)} requests failed"
+    # Sticky and monotone: once a user got version 2, never version 1 again.
+    for user in USERS:
+        versions = [v for _, u, _, v in users.seen if u == user]
+        assert "2" in versions, f"{user} never reached version 2"
+        first_two = versions.index("2")
+        assert set(versions[first_two:]) == {"2"}, f"{user} went back to version 1"
+    first = users.first_on("2")
+    staff_last = max(first[u] for u in STAFF)
+    others_first = min(t for u, t in first.items() if u not in STAFF)
+    assert staff_last < others_first, "allow-listed users reach green before anyone else"
+    assert set(versions_now(haproxy.port).values()) == {"2"}
+
+
+def test_a_gate_breach_at_ten_percent_puts_every_user_back_on_blue_and_rolls_back(
+        env: Env, haproxy: HaproxyEnv) -> None:
+    released_v1(env, haproxy)
+    playbook = routed(env, haproxy, "2", gates=GATES,
+                      deploy={"env": {"DATABASE_URL": env.app_dsn, "SOCIAL_FAIL": "users"}},
+                      cohorts=[{"name": "beta", "percent": 10, "hold": "30s"},
+                               {"name": "everyone", "percent": 100, "hold": "1s"}])
+    with Users(haproxy.port) as users:
+        done = env.cli("release", str(playbook), timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    release = env.release_row()
+    assert release is not None and release["status"] == "rolled_back"
+    assert "gate breach in cohort beta" in release["reason"] and "error rate" in release["reason"]
+    events = env.events(release["id"])
+    assert ("cohort.beta", "failed") in events and ("cohort.everyone", "started") not in events
+    assert events.index(("rollback.traffic", "done")) < events.index(("rollback.database", "started"))
+    assert set(versions_now(haproxy.port).values()) == {"1"}
+    # Only the beta cohort ever met the bug.
+    hit = {u for _, u, status, _ in users.seen if status == 500}
+    assert hit and len(hit) <= 0.2 * len(USERS), f"{len(hit)} users met version 2's bug"
+
+
+def _wait_for(env: Env, what: str, check: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_operators_pause_promote_and_abort_a_running_release_from_another_terminal(
+        env: Env, haproxy: HaproxyEnv) -> None:
+    released_v1(env, haproxy)
+    playbook = routed(env, haproxy, "2", gates={**GATES, "on_inconclusive": "continue"}, cohorts=[
+        {"name": "staff", "allow": STAFF, "hold": "10m"},
+        {"name": "beta", "percent": 10, "hold": "10m"}])
+    running = subprocess.Popen([sys.executable, "-m", "deployctl", "release", str(playbook)],
+                               cwd=env.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        rid = None
+
+        def at(step: str) -> bool:
+            nonlocal rid
+            row = env.release_row()
+            rid = row["id"] if row and row["version"] == "2" else None
+            return rid is not None and (step, "started") in env.events(rid)
+
+        _wait_for(env, "cohort.staff", lambda: at("cohort.staff"))
+        state = ["--state-dsn", env.state_dsn]
+        paused = env.cli("pause", *state)
+        assert paused.returncode == 0, paused.stderr
+        assert "pause requested" in paused.stdout
+        promoted = env.cli("promote", *state)
+        assert promoted.returncode == 0, promoted.stderr
+        _wait_for(env, "cohort.beta", lambda: at("cohort.beta"))
+        assert rid is not None
+        detail = [e for e in env.events(rid) if e == ("cohort.staff", "done")]
+        assert detail, "the promoted step is done"
+        assert set(versions_now(haproxy.port)[u] for u in STAFF) == {"2"}
+
+        aborted = env.cli("abort", *state)
+        assert aborted.returncode == 0, aborted.stderr
+        out, _ = running.communicate(timeout=120)
+        assert running.returncode == 1, out
+    finally:
+        if running.poll() is None:
+            running.kill()
+    row = env.release_row(rid)
+    assert row is not None and row["status"] == "aborted"
+    assert set(versions_now(haproxy.port).values()) == {"1"}
+    # Green still runs for a look, until the rollback finishes the job.
+    assert env.cli("resume", *state).returncode == 2
+    finished = env.cli("rollback", str(rid), *state, timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert env.release_row(rid)["status"] == "rolled_back"  # type: ignore[index]
+    assert env.cli("pause", *state).returncode == 2
+
+
+def test_a_step_without_a_conclusive_reading_rolls_back_in_ci(env: Env, haproxy: HaproxyEnv) -> None:
+    released_v1(env, haproxy)
+    playbook = routed(env, haproxy, "2", gates=GATES,
+                      cohorts=[{"name": "beta", "percent": 10, "hold": "1.5s"}])
+    done = env.cli("release", str(playbook), env={"CI": "true"}, timeout=300)  # nobody is using the app
+    assert done.returncode == 1, done.stdout + done.stderr
+    release = env.release_row()
+    assert release is not None and "no gate reading was conclusive" in release["reason"]
+    assert set(versions_now(haproxy.port).values()) == {"1"}
