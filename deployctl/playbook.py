@@ -157,8 +157,58 @@ class EndpointConfig(Model):
         return value
 
 
+class SshHostConfig(Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    address: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str | None = None                      # default: the user running deployctl
+    key: Path | None = None                      # default: the ssh-agent's keys
+    passphrase_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, value: str, info: ValidationInfo) -> Path:
+        return _existing_file(os.path.expanduser(value), info)
+
+
+class SshConfig(Model):
+    """The `ssh` transport: the hosts, and how to reach them safely."""
+
+    known_hosts: Path                            # host keys are checked against it, never added
+    hosts: list[SshHostConfig] = Field(min_length=1)
+    root: str = Field(pattern=r"^/")             # releases/<version>/ and the `current` link live here
+    artifact: Path | None = None                 # a file or folder uploaded to releases/<version>/
+    keep_releases: int = Field(default=5, ge=1, le=100)
+    parallel: int = Field(default=4, ge=1, le=256)
+    batch: int | str | None = None               # hosts at a time: 2, or "25%"
+    connect_attempts: int = Field(default=5, ge=1, le=50)
+    connect_timeout: Duration = 10.0
+
+    _known = field_validator("known_hosts", mode="before")(_existing_file)
+    _artifact = field_validator("artifact", mode="before")(_folder)
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1 or isinstance(value, str) and not re.fullmatch(
+                r"(100|[1-9][0-9]?)%", value):
+            raise ValueError(f"expected a number of hosts (2) or a share (25%), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _names(self) -> SshConfig:
+        names = [h.name for h in self.hosts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"every host needs its own name, got {names}")
+        return self
+
+
 class DeployConfig(Model):
-    transport: Literal["local"] = "local"
+    """How a version starts. With `ssh`, `{host}` in `command`, `health.url` and `endpoints`
+    stands for each host's address."""
+
+    transport: Literal["local", "ssh"] = "local"
+    ssh: SshConfig | None = None
     command: list[str] = Field(min_length=1)
     cwd: Path | None = None
     env: dict[str, str] = Field(default_factory=dict)
@@ -167,6 +217,12 @@ class DeployConfig(Model):
     endpoints: list[EndpointConfig] = Field(default_factory=list)  # where the router sends users
 
     _split = field_validator("command", mode="before")(_split_command)
+
+    @model_validator(mode="after")
+    def _transport_settings(self) -> DeployConfig:
+        if self.transport == "ssh" and self.ssh is None:
+            raise ValueError("transport ssh needs its settings under `ssh:` (known_hosts, hosts, root)")
+        return self
 
     @field_validator("cwd", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from deployctl.db import capture
 from deployctl.db.libpq import tool_version
 from deployctl.db.migrate import Alembic
 from deployctl.errors import DeployctlError
+from deployctl.fleet import routers, versions
 from deployctl.playbook import Playbook
 from deployctl.redact import safe_dsn
 
@@ -105,6 +106,25 @@ def _capture(pb: Playbook) -> Check:
     return Check("capture", "pass", f"{chosen} capture of schemas {', '.join(pb.capture.schemas)}")
 
 
+def _hosts(pb: Playbook) -> Check:
+    """Every host answers, with the host key known_hosts holds, and takes our key."""
+    problems = versions.unreachable(pb)
+    if problems:
+        return Check("hosts", "fail", "; ".join(problems.values()))
+    assert pb.deploy.ssh is not None
+    return Check("hosts", "pass", f"{len(pb.deploy.ssh.hosts)} hosts reachable with known host keys")
+
+
+def _router(pb: Playbook) -> Check:
+    """The router answers (a release that cannot move users back must not start)."""
+    assert pb.router is not None
+    try:
+        routers.get(pb.router, pb.app).readings()
+    except DeployctlError as exc:
+        return Check("router", "fail", str(exc))
+    return Check("router", "pass", f"{pb.router.type} answers")
+
+
 def run(pb: Playbook, alembic: Alembic) -> list[Check]:
     checks, facts = _database(pb)
     if not facts:
@@ -113,4 +133,8 @@ def run(pb: Playbook, alembic: Alembic) -> list[Check]:
     checks.append(_disk(pb.workdir, facts["database_bytes"]))
     checks.append(_migrations(alembic, pb.migrations.target))
     checks.append(_capture(pb))
+    if pb.deploy.transport == "ssh":
+        checks.append(_hosts(pb))
+    if pb.router is not None:
+        checks.append(_router(pb))
     return checks

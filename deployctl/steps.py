@@ -19,10 +19,7 @@ from deployctl import cohorts, delta
 from deployctl.db import capture, restore, snapshot
 from deployctl.db.migrate import Alembic
 from deployctl.errors import BadInput, StepFailed
-from deployctl.fleet import process, routers
-from deployctl.fleet.health import wait_healthy
-from deployctl.fleet.transports import get as get_transport
-from deployctl.fleet.transports.local import LocalTransport
+from deployctl.fleet import routers, versions
 from deployctl.gates import smoke as smoke_checks
 from deployctl.gates.watch import Watch, baselines
 from deployctl.journal import Journal
@@ -47,10 +44,6 @@ class Run:
         db = self.pb.database
         return Alembic(self.pb.migrations.alembic_ini, db.dsn, self.pb.migrations.url_env,
                        db.lock_timeout, db.statement_timeout)
-
-    @property
-    def transport(self) -> LocalTransport:
-        return get_transport(self.pb.deploy.transport, self.pb.workdir)
 
     @property
     def snapshot_dir(self) -> Path:
@@ -123,13 +116,7 @@ def migrate(run: Run) -> Outcome:
 
 
 def deploy(run: Run) -> Outcome:
-    spec = process.for_playbook(run.pb)
-    transport = run.transport
-    pid = transport.start(spec)
-    health = run.pb.deploy.health
-    took = wait_healthy(health.url, timeout=health.timeout, interval=health.interval,
-                        died=lambda: transport.exited(spec))
-    return Outcome({"pid": pid, "healthy_after_s": round(took, 3), "health": health.url})
+    return Outcome(versions.start(run.pb, run.pb.workdir))
 
 
 def smoke(run: Run) -> Outcome:
@@ -181,8 +168,9 @@ def finalize(run: Run) -> Outcome:
         router = run.router
         router.point(routers.BLUE, routers.endpoints(run.pb))
         router.apply(routers.Split())
+    live = versions.make_live(run.pb)
     if blue is not None and blue.version != run.pb.version:
-        if run.transport.stop(process.for_playbook(blue), blue.deploy.stop_timeout):
+        if versions.stop(blue, run.pb.workdir):
             stopped = blue.version
 
     captured = delta.finish(run.journal, run.pb, run.release_id)
@@ -191,7 +179,7 @@ def finalize(run: Run) -> Outcome:
         journal.set_live(run.pb.app, run.pb.version, run.release_id)
         journal.set_status(run.release_id, "released")
 
-    return Outcome({"live_version": run.pb.version, "stopped_version": stopped, **captured}, record)
+    return Outcome({"live_version": run.pb.version, "stopped_version": stopped, **live, **captured}, record)
 
 
 Steps = list[tuple[str, Callable[[Run], Outcome]]]
@@ -212,13 +200,7 @@ def blue_serving(run: Run) -> Outcome:
     blue = run.live_playbook()
     if blue is None or blue.version == run.pb.version:
         return Outcome({"blue": None})
-    spec = process.for_playbook(blue)
-    transport = run.transport
-    restarted = transport.pid(spec) is None
-    pid = transport.start(spec)
-    wait_healthy(blue.deploy.health.url, timeout=blue.deploy.health.timeout,
-                 interval=blue.deploy.health.interval, died=lambda: transport.exited(spec))
-    return Outcome({"blue": blue.version, "pid": pid, "restarted": restarted})
+    return Outcome({"blue": blue.version, **versions.ensure_running(blue, run.pb.workdir)})
 
 
 def traffic_to_blue(run: Run) -> Outcome:
@@ -233,8 +215,7 @@ def traffic_to_blue(run: Run) -> Outcome:
 
 
 def stop_green(run: Run) -> Outcome:
-    stopped = run.transport.stop(process.for_playbook(run.pb), run.pb.deploy.stop_timeout)
-    return Outcome({"stopped": stopped})
+    return Outcome({"stopped": versions.stop(run.pb, run.pb.workdir)})
 
 
 def database(run: Run) -> Outcome:

@@ -31,6 +31,7 @@ from deployctl.db.libpq import run_tool
 from deployctl.db.migrate import Alembic, LockTimeout
 from deployctl.errors import BadInput, StepFailed
 from deployctl.fleet import process
+from deployctl.fleet.transports.local import LocalTransport
 from deployctl.gates import smoke as smoke_checks
 from deployctl.journal import Journal, with_dbname
 from deployctl.playbook import SmokeCheck, load
@@ -454,9 +455,9 @@ def test_deploy_starts_the_app_and_it_answers_health(env: Env, journal: Journal)
     status, body = get(f"http://127.0.0.1:{env.green_port}/health")
     assert status == 200 and json.loads(body) == {"status": "ok", "version": "2"}
     spec = process.for_playbook(run.pb)
-    assert outcome.detail["pid"] == run.transport.pid(spec)
+    assert outcome.detail["pid"] == LocalTransport(run.pb.workdir).pid(spec)
     assert processes_running(spec.argv) == [outcome.detail["pid"]]
-    assert run.transport.stop(spec, 5)
+    assert LocalTransport(run.pb.workdir).stop(spec, 5)
 
 
 def test_deploy_twice_keeps_the_same_process(env: Env, journal: Journal) -> None:
@@ -468,7 +469,7 @@ def test_deploy_twice_keeps_the_same_process(env: Env, journal: Journal) -> None
     spec = process.for_playbook(run.pb)
     assert processes_running(spec.argv) == [first.detail["pid"]], "no second process was started"
     assert get(f"http://127.0.0.1:{env.green_port}/health")[0] == 200
-    assert run.transport.stop(spec, 5)
+    assert LocalTransport(run.pb.workdir).stop(spec, 5)
 
 
 def test_deploy_of_a_command_that_exits_at_once_fails_fast_with_its_status_and_output(
@@ -747,7 +748,7 @@ def test_finalize_records_the_live_version_with_its_done_event_and_stops_blue(
         env: Env, journal: Journal) -> None:
     blue, green = released_blue_then_green_deployed(env, journal)
     blue_spec = process.for_playbook(blue.pb)
-    assert blue.transport.pid(blue_spec) is not None
+    assert LocalTransport(blue.pb.workdir).pid(blue_spec) is not None
     engine._step(green, "finalize", steps.finalize)
 
     live = journal.live("social")
@@ -765,7 +766,7 @@ def test_finalize_records_the_live_version_with_its_done_event_and_stops_blue(
             {"r": green.release_id}).fetchone()
     assert len(set(xmins)) == 1, f"live version, status and done event in one transaction: {xmins}"
 
-    assert blue.transport.pid(blue_spec) is None
+    assert LocalTransport(blue.pb.workdir).pid(blue_spec) is None
     assert processes_running(blue_spec.argv) == []
     assert not answers(f"http://127.0.0.1:{env.blue_port}/health")
     assert get(f"http://127.0.0.1:{env.green_port}/health")[0] == 200
@@ -774,7 +775,7 @@ def test_finalize_records_the_live_version_with_its_done_event_and_stops_blue(
 def test_finalize_twice_changes_nothing_and_leaves_green_serving(env: Env, journal: Journal) -> None:
     blue, green = released_blue_then_green_deployed(env, journal)
     engine._step(green, "finalize", steps.finalize)
-    green_pid = green.transport.pid(process.for_playbook(green.pb))
+    green_pid = LocalTransport(green.pb.workdir).pid(process.for_playbook(green.pb))
     events = journal.events(green.release_id)
 
     engine._step(green, "finalize", steps.finalize)  # the engine skips a done step
@@ -787,8 +788,8 @@ def test_finalize_twice_changes_nothing_and_leaves_green_serving(env: Env, journ
     live = journal.live("social")
     assert live is not None and (live["live_version"], live["release_id"]) == ("2", green.release_id)
     assert journal.get(green.release_id).status == "released"
-    assert green.transport.pid(process.for_playbook(green.pb)) == green_pid
+    assert LocalTransport(green.pb.workdir).pid(process.for_playbook(green.pb)) == green_pid
     assert get(f"http://127.0.0.1:{env.green_port}/health")[0] == 200
-    assert blue.transport.pid(process.for_playbook(blue.pb)) is None
+    assert LocalTransport(blue.pb.workdir).pid(process.for_playbook(blue.pb)) is None
     assert not answers(f"http://127.0.0.1:{env.blue_port}/health")
-    green.transport.stop(process.for_playbook(green.pb), 5)
+    LocalTransport(green.pb.workdir).stop(process.for_playbook(green.pb), 5)

@@ -65,8 +65,11 @@ class Router(Protocol):
 
 
 def endpoints(pb: Playbook) -> list[Endpoint]:
-    """Where the playbook's version answers."""
-    return [Endpoint(e.host, e.port) for e in pb.deploy.endpoints]
+    """Where the playbook's version answers (with ssh: `{host}` on each host)."""
+    hosts = [h.address for h in pb.deploy.ssh.hosts] if pb.deploy.ssh else []
+    found = [Endpoint(e.host.replace("{host}", address), e.port)
+             for e in pb.deploy.endpoints for address in (hosts if "{host}" in e.host else [e.host])]
+    return list(dict.fromkeys(found))
 
 
 def get(config: RouterConfig, app: str) -> Router:

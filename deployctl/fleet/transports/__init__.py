@@ -1,13 +1,4 @@
-"""Transports run commands on a host; chosen by name from the playbook (`deploy.transport`)."""
+"""Transports run the application's processes on its hosts: `local` (this machine) and `ssh`.
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from deployctl.fleet.transports.local import LocalTransport
-
-TRANSPORTS = {"local": LocalTransport}
-
-
-def get(name: str, workdir: Path) -> LocalTransport:
-    return TRANSPORTS[name](workdir)
+deployctl/fleet/versions.py picks one from the playbook's `deploy.transport`.
+"""
