@@ -19,7 +19,8 @@ Usage::
 Environment: ``DATABASE_URL`` (required), ``SOCIAL_FAIL`` (non-empty and not ``0``: version 2's
 ``GET /feed`` answers 500, the deliberate bug the smoke check must catch; ``users``: version 2
 answers 500 to every request carrying a user id in ``X-User-Id``, a bug only real users meet,
-which the gates of a cohort step must catch), and
+which the gates of a cohort step must catch), ``SOCIAL_SLOW`` (milliseconds: version 2 waits
+that long before answering a request with a user id, for latency gates), and
 ``SOCIAL_STARTUP_DELAY`` (seconds to wait before listening, to make a deploy step slow).
 """
 
@@ -180,11 +181,13 @@ Handler = Callable[["SocialApp", Row, tuple[str, ...]], Response]
 class SocialApp:
     """The endpoints of one version, independent of HTTP plumbing so each is easy to follow."""
 
-    def __init__(self, db: Database, version: int, fail_feed: bool, fail_users: bool = False) -> None:
+    def __init__(self, db: Database, version: int, fail_feed: bool, fail_users: bool = False,
+                 slow_ms: float = 0.0) -> None:
         self.db = db
         self.version = version
         self.fail_feed = fail_feed
         self.fail_users = fail_users
+        self.slow_ms = slow_ms
         routes: list[tuple[str, str, Handler, int]] = [
             ("GET", r"/", SocialApp.index, 1),
             ("GET", r"/health", SocialApp.health, 1),
@@ -416,8 +419,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         try:
             body = self._read_json() if self.command in ("POST", "PATCH", "DELETE") else {}
-            if app.fail_users and app.version >= 2 and self.headers.get("X-User-Id"):
-                raise HttpError(500, "broken for signed-in users")
+            if app.version >= 2 and self.headers.get("X-User-Id"):
+                if app.slow_ms:
+                    time.sleep(app.slow_ms / 1000)
+                if app.fail_users:
+                    raise HttpError(500, "broken for signed-in users")
             response = app.dispatch(self.command, path, body)
         except HttpError as exc:
             response = Response(exc.status, {"error": exc.message})
@@ -510,7 +516,7 @@ def serve(version: int, host: str, port: int) -> int:
     db = Database(database_url())
     fail = os.environ.get("SOCIAL_FAIL", "").strip()
     app = SocialApp(db, version, fail_feed=flag_enabled("SOCIAL_FAIL") and fail != "users",
-                    fail_users=fail == "users")
+                    fail_users=fail == "users", slow_ms=float(os.environ.get("SOCIAL_SLOW") or 0))
     with stop_on_signals() as stop:
         delay = startup_delay()
         if delay:
