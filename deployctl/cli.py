@@ -381,3 +381,53 @@ def cleanup(pb_path: str, as_json: bool) -> int:
     _emit({"dropped": dropped}, as_json,
           lambda: "\n".join(f"dropped {d}" for d in dropped) or "nothing to clean up")
     return EXIT_OK
+
+
+@main.command()
+@click.argument("release_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["md", "json", "html"]), default="md", show_default=True,
+              help="Markdown for people, JSON for machines, or a self-contained HTML page with a chart.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the report to FILE, mode 0600 (it can hold user data), instead of stdout.")
+@with_state
+@_errors
+def report(release_id: int, fmt: str, output: str | None, pb_path: str | None,
+           state_dsn: str | None) -> int:
+    """The timeline report of RELEASE_ID from the journal: steps, gate readings, the decision and
+    its reason, the delta, what users saw (personal columns masked)."""
+    from deployctl import report as reports
+
+    extra = playbook.load(pb_path).personal if pb_path else []
+    with Journal(_state_dsn(pb_path, state_dsn)) as journal:
+        text = reports.render(reports.build(journal, release_id, extra), fmt)
+    if output:
+        reports.write(Path(output), text)
+        click.echo(f"wrote the {fmt} report of release #{release_id} to {output}")
+    else:
+        click.echo(text)
+    return EXIT_OK
+
+
+@main.command()
+@click.argument("playbook_path", metavar="PLAYBOOK", type=click.Path(dir_okay=False))
+@json_option
+@_errors
+def check(playbook_path: str, as_json: bool) -> int:
+    """Run the release's preflight checks for PLAYBOOK, touching nothing: one line per check;
+    exit 2 if any fails (warnings allowed)."""
+    from deployctl import preflight
+    from deployctl.errors import EXIT_BAD_INPUT
+
+    pb = playbook.load(playbook_path)
+    checks = [c.as_dict() for c in preflight.check(pb)]
+    failed = sum(c["status"] == "fail" for c in checks)
+    warned = sum(c["status"] == "warn" for c in checks)
+
+    def text() -> str:
+        lines = [f"{c['status']:<4}  {c['name']:<14} {c['message']}" for c in checks]
+        verdict = f"not ready: {failed} failed" if failed else "ready"
+        lines.append(f"{pb.app} {pb.version}: {verdict}, {warned} warning(s)")
+        return "\n".join(lines)
+
+    _emit({"app": pb.app, "version": pb.version, "ok": not failed, "checks": checks}, as_json, text)
+    return EXIT_BAD_INPUT if failed else EXIT_OK

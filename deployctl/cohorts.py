@@ -45,28 +45,36 @@ class Operator:
     def __init__(self, journal: Any, release_id: int) -> None:
         self.journal, self.release_id = journal, release_id
 
-    def take(self) -> list[str]:
-        return [r["command"] for r in self.journal.take_requests(self.release_id)]
+    def take(self) -> str | None:
+        request = self.journal.take_request(self.release_id)
+        if request is None:
+            return None
+        log.info("operator request", command=request["command"], by=request["requested_by"],
+                 release=self.release_id)
+        return str(request["command"])
 
     def wait(self, seconds: float) -> str | None:
         """Sleep up to `seconds`; return early with the first request that arrives."""
         deadline = time.monotonic() + seconds
-        while True:
-            for command in self.take():
-                return command
+        while (command := self.take()) is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             time.sleep(min(POLL_S, left))
+        return command
 
-    def hold(self, why: str) -> str:
-        """Paused: wait for `resume`, `promote`, `abort` or `rollback`; return which."""
-        log.warning("release paused: waiting for an operator", reason=why,
+    def hold(self, why: str, limit: float) -> str:
+        """Paused: wait for `resume`, `promote`, `abort` or `rollback` (return which); after
+        `limit` seconds without an answer, `rollback`."""
+        log.warning("release paused: waiting for an operator", reason=why, rolls_back_after_s=limit,
                     next="deployctl resume | promote | abort | rollback")
-        while True:
-            command = self.wait(3600.0)
+        deadline = time.monotonic() + limit
+        while (left := deadline - time.monotonic()) > 0:
+            command = self.wait(left)
             if command in ("resume", "promote", "abort", "rollback"):
                 return command
+        log.warning("nobody answered the pause: rolling back", reason=why)
+        return "rollback"
 
 
 def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
@@ -78,12 +86,15 @@ def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
     failing = 0
     readings = conclusive = 0
     ended = "held"
-    while held < step.hold:
+    # A step does not end on a failing reading: it goes on (a few readings at most) until the
+    # gates pass or breach.
+    overtime = 2 * gates.failures * gates.interval
+    while held < step.hold or (failing and held < step.hold + overtime):
         started = time.monotonic()
-        command = operator.wait(min(gates.interval, step.hold - held))
+        command = operator.wait(min(gates.interval, max(step.hold - held, 0) or gates.interval))
         if command is not None:
             if command == "pause":
-                command = operator.hold("paused by an operator")
+                command = operator.hold("paused by an operator", gates.max_pause)
             if command == "promote":
                 ended = "promoted"
                 break
@@ -110,7 +121,7 @@ def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
         if policy == "rollback":
             raise StepFailed(why)
         if policy == "pause":
-            command = operator.hold(why)
+            command = operator.hold(why, gates.max_pause)
             if command in ("abort", "rollback"):
                 raise (Aborted if command == "abort" else StepFailed)(f"{command} requested: {why}")
             ended = "continued by an operator"

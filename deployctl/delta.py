@@ -18,9 +18,10 @@ import psycopg
 from deployctl.db import capture, replay, restore
 from deployctl.db.capture import CaptureInfo, CaptureLost
 from deployctl.errors import BadInput, StepFailed
-from deployctl.journal import Journal, with_dbname
+from deployctl.journal import Journal, holder_name, with_dbname
 from deployctl.log import log
 from deployctl.playbook import Playbook
+from deployctl.redact import redact, safe_dsn
 
 
 def options(pb: Playbook, *, on_conflict: str | None = None, dry_run: bool = False,
@@ -110,6 +111,7 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     if restore.swap_started(dsn, release_id):
         # Killed mid-swap: the tail was replayed before the first rename.
         return {"action": action, **restore.swap(dsn, names, pausing=pausing)}
+    restore.reopen(dsn)  # killed while the live database refused connections, before the swap
     drain(journal, pb, release_id)
     require_complete(journal, release_id)
     replayed_upto = last_stored(journal, release_id)
@@ -134,7 +136,17 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         "side_effect_rows": sum(r.side_effect_rows for r in reports),
         "reconciliation": next((r.reconciliation for r in reports if r.reconciliation), None),
         "summary": first.summary() if last is None else f"{first.summary()}; tail: {last.summary()}",
+        "conflict_list": conflict_list(reports),
     }
+
+
+# How many conflicts the journal keeps per replay (personal columns masked): enough to act on.
+CONFLICTS_KEPT = 50
+
+
+def conflict_list(reports: list[replay.Report]) -> list[dict[str, Any]]:
+    """The first conflicts of these replays, as the journal keeps them."""
+    return [c.__dict__ for r in reports for c in r.conflicts][:CONFLICTS_KEPT]
 
 
 def last_stored(journal: Journal, release_id: int) -> int:
@@ -216,7 +228,27 @@ def replay_into(journal: Journal, pb: Playbook, release_id: int, target_dsn: str
     if not allow_incomplete:
         require_complete(journal, release_id)
     found = journal.capture(release_id)
-    return replay.apply(journal.conn, release_id, target_dsn, options(
-        pb, on_conflict=on_conflict, dry_run=dry_run, reconciliation=reconciliation_file(pb, release_id),
-        capture_mode=found["mode"] if found else "logical"))
+    opts = options(pb, on_conflict=on_conflict, dry_run=dry_run,
+                   reconciliation=reconciliation_file(pb, release_id),
+                   capture_mode=found["mode"] if found else "logical")
+    try:
+        report = replay.apply(journal.conn, release_id, target_dsn, opts)
+    except replay.ReplayConflict as exc:
+        if not dry_run:
+            _record_replay(journal, release_id, target_dsn, opts, exc.report, str(exc))
+        raise
+    if not dry_run:
+        _record_replay(journal, release_id, target_dsn, opts, report, None)
+    return report
+
+
+def _record_replay(journal: Journal, release_id: int, target_dsn: str, opts: replay.Options,
+                   report: replay.Report, error: str | None) -> None:
+    """A replay after the release is part of its story: the journal keeps it for the report."""
+    journal.event(release_id, "delta.replay", "info", redact({
+        "by": holder_name(), "into": safe_dsn(target_dsn), "on_conflict": opts.on_conflict,
+        "applied": report.applied, "conflicts": len(report.conflicts),
+        "side_effect_rows": report.side_effect_rows, "reconciliation": report.reconciliation,
+        "summary": report.summary(), "conflict_list": conflict_list([report]),
+        **({"error": error} if error else {})}))
 

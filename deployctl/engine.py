@@ -9,13 +9,14 @@ its own: old version serving, green stopped, database back to what blue runs on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deployctl import failpoints
-from deployctl.cohorts import Aborted
+from deployctl.cohorts import Aborted, Operator
 from deployctl.db import capture
 from deployctl.errors import (
     EXIT_BAD_INPUT,
@@ -26,6 +27,7 @@ from deployctl.errors import (
 )
 from deployctl.journal import Journal, default_state_dsn
 from deployctl.log import log
+from deployctl.notify import Notifier
 from deployctl.playbook import Playbook, parse
 from deployctl.redact import redact
 from deployctl.steps import Outcome, Refused, Run, forward, traffic_to_blue
@@ -117,8 +119,17 @@ class _CaptureWorker:
 
 def _forward(run: Run) -> str:
     worker = _CaptureWorker(run)
+    operator = Operator(run.journal, run.release_id)
     try:
         for name, action in forward(run.pb):
+            # Requests from other terminals are heard between steps too, not only in cohorts.
+            command = operator.take()
+            if command == "pause":
+                command = operator.hold(f"paused by an operator before {name}", run.pb.gates.max_pause)
+            if command in ("abort", "rollback"):
+                worker.stop()
+                reason = f"{command} requested by an operator before {name}"
+                return _abort(run, reason) if command == "abort" and run.pb.router else _rollback(run, reason)
             if name == "finalize":
                 worker.stop()  # finalize drains the rest itself
             try:
@@ -132,6 +143,8 @@ def _forward(run: Run) -> str:
             except (Exception, KeyboardInterrupt) as exc:
                 worker.stop()
                 reason = f"{name} failed: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}"
+                if name.startswith("cohort."):
+                    run.tell("breach", redact(reason), step=name)
                 return _rollback(run, redact(reason))
             if name != "finalize":
                 worker.ensure()
@@ -143,11 +156,13 @@ def _forward(run: Run) -> str:
 def _abort(run: Run, reason: str) -> str:
     """Users back on blue now; green, the migrated database and the capture stay for a look,
     until `deployctl rollback` finishes the job."""
+    # The status first: killed before users are back on blue, `resume` must not go forward.
+    run.journal.set_status(run.release_id, "aborted", reason)
     try:
         _step(run, "rollback.traffic", traffic_to_blue)
     except Exception as exc:
         return _rollback(run, f"{reason}; then moving traffic to blue failed: {exc}")
-    run.journal.set_status(run.release_id, "aborted", reason)
+    run.tell("rollback", f"aborted, every user back on blue: {reason}")
     log.warning("release aborted: users are on blue; green and the capture are kept",
                 release=run.release_id, next=f"deployctl rollback {run.release_id}")
     return "aborted"
@@ -156,6 +171,7 @@ def _abort(run: Run, reason: str) -> str:
 def _rollback(run: Run, reason: str) -> str:
     run.journal.set_status(run.release_id, "rolling_back", reason)
     log.warning("rolling back", release=run.release_id, reason=reason)
+    run.tell("rollback", f"rolling back: {reason}")
     for name, action in rollback_steps(run.pb):
         try:
             _step(run, name, action)
@@ -204,10 +220,29 @@ def release(pb: Playbook) -> Result:
             journal.attach_lock(pb.app, rid)
             log.info("release started", release=rid, app=pb.app, version=pb.version,
                      from_version=live["live_version"] if live else None)
-            _forward(Run(pb, journal, rid))
-            return summarize(journal, rid)
+            with _notifying(pb, rid) as notifier:
+                notifier.send("start", f"release started (from version "
+                                       f"{live['live_version'] if live else 'none'})")
+                _forward(Run(pb, journal, rid, notifier))
+                return _ended(journal, rid, notifier)
         finally:
             journal.release_lock(pb.app)
+
+
+@contextmanager
+def _notifying(pb: Playbook, release_id: int) -> Iterator[Notifier]:
+    notifier = Notifier(pb, release_id)
+    try:
+        yield notifier
+    finally:
+        notifier.close()
+
+
+def _ended(journal: Journal, release_id: int, notifier: Notifier) -> Result:
+    result = summarize(journal, release_id)
+    notifier.send("end", result.status.replace("_", " ") + (f": {result.reason}" if result.reason else ""),
+                  status=result.status, exit_code=result.exit_code)
+    return result
 
 
 def _continue(state: str, release_id: int, action: str) -> Result:
@@ -218,7 +253,8 @@ def _continue(state: str, release_id: int, action: str) -> Result:
         pb = parse(found.playbook_text, Path(found.playbook_path))
         journal.acquire(pb.app, pb.version, release_id)
         try:
-            run = Run(pb, journal, release_id)
+            notifier = Notifier(pb, release_id)
+            run = Run(pb, journal, release_id, notifier)
             found = journal.get(release_id)  # it may have moved on while we waited
             if not found.open:
                 raise BadInput(f"release #{release_id} is already {found.status}")
@@ -231,8 +267,9 @@ def _continue(state: str, release_id: int, action: str) -> Result:
             else:
                 reason = found.reason if found.status != "running" else "rolled back by operator"
                 _rollback(run, reason or "rolled back by operator")
-            return summarize(journal, release_id)
+            return _ended(journal, release_id, notifier)
         finally:
+            notifier.close()
             journal.release_lock(pb.app)
 
 

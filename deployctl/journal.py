@@ -240,13 +240,13 @@ class Journal:
             "INSERT INTO deployctl.controls (release_id, command, requested_by) VALUES (%s, %s, %s)",
             (release_id, command, holder_name()))
 
-    def take_requests(self, release_id: int) -> list[dict[str, Any]]:
-        """The requests not handled yet, oldest first, marked handled."""
-        return sorted(self.conn.execute(
+    def take_request(self, release_id: int) -> dict[str, Any] | None:
+        """The oldest request not handled yet, marked handled (one at a time: none is lost)."""
+        return self.conn.execute(
             """UPDATE deployctl.controls SET handled_at = clock_timestamp()
-               WHERE release_id = %s AND handled_at IS NULL
-               RETURNING id, command, requested_by, requested_at""", (release_id,)).fetchall(),
-            key=lambda r: r["id"])
+               WHERE id = (SELECT min(id) FROM deployctl.controls
+                           WHERE release_id = %s AND handled_at IS NULL)
+               RETURNING id, command, requested_by, requested_at""", (release_id,)).fetchone()
 
     # -- events -----------------------------------------------------------------------------
 

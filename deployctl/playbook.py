@@ -13,10 +13,12 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -52,6 +54,20 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _https_url(value: str) -> str:
+    parts = urlsplit(value)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number
+        port_ok = False
+    if parts.scheme != "https" or not parts.hostname or not port_ok:
+        raise ValueError(f"expected an https:// URL with a host, got {value!r}")
+    return value
+
+
+HttpsUrl = Annotated[str, AfterValidator(_https_url)]
 
 
 class Model(BaseModel):
@@ -178,7 +194,7 @@ class SshConfig(Model):
     hosts: list[SshHostConfig] = Field(min_length=1)
     root: str = Field(pattern=r"^/")             # releases/<version>/ and the `current` link live here
     artifact: Path | None = None                 # a file or folder uploaded to releases/<version>/
-    keep_releases: int = Field(default=5, ge=1, le=100)
+    keep_releases: int = Field(default=5, ge=2, le=100)  # blue's release must stay to roll back to
     parallel: int = Field(default=4, ge=1, le=256)
     batch: int | str | None = None               # hosts at a time: 2, or "25%"
     connect_attempts: int = Field(default=5, ge=1, le=50)
@@ -372,6 +388,23 @@ class GatesConfig(Model):
     sql: list[SqlGate] = Field(default_factory=list)
     http: list[HttpGate] = Field(default_factory=list)
     on_inconclusive: Literal["pause", "rollback", "continue"] = "pause"
+    max_pause: Duration = 3600.0                        # a pause nobody answers then rolls back
+
+
+Event = Literal["start", "cohort", "breach", "rollback", "end"]
+
+
+class WebhookConfig(Model):
+    """A Slack-compatible incoming webhook: JSON {"text": …} plus the event's fields."""
+
+    url: str = Field(pattern=r"^https?://")
+    events: list[Event] = Field(default_factory=lambda: list(get_args(Event)))
+    timeout: Duration = 5.0
+    retries: int = Field(default=3, ge=0, le=20)
+
+
+class NotifyConfig(Model):
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
 
 
 class Playbook(Model):
@@ -384,9 +417,12 @@ class Playbook(Model):
     capture: CaptureConfig = CaptureConfig()
     deploy: DeployConfig
     smoke: list[SmokeCheck] = Field(default_factory=list)
+    # Where users reach the app (https://…): preflight reads the certificate each one serves.
+    public_urls: list[HttpsUrl] = Field(default_factory=list)
     router: RouterConfig | None = None
     cohorts: list[CohortStep] = Field(default_factory=list)
     gates: GatesConfig = GatesConfig()
+    notify: NotifyConfig = NotifyConfig()
     replay: ReplayConfig = ReplayConfig()
     personal: list[str] = Field(default_factory=list)
 

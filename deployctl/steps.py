@@ -23,8 +23,11 @@ from deployctl.fleet import routers, versions
 from deployctl.gates import smoke as smoke_checks
 from deployctl.gates.watch import Watch, baselines
 from deployctl.journal import Journal
+from deployctl.notify import Notifier
 from deployctl.playbook import Playbook, parse
+from deployctl.preflight import Check
 from deployctl.preflight import run as preflight_checks
+from deployctl.redact import redact
 
 
 class Refused(BadInput):
@@ -38,6 +41,12 @@ class Run:
     pb: Playbook
     journal: Journal
     release_id: int
+    notifier: Notifier | None = None
+
+    def tell(self, event: str, text: str, **fields: Any) -> None:
+        """Let the playbook's webhooks know (never fails the release)."""
+        if self.notifier is not None:
+            self.notifier.send(event, text, **fields)
 
     @property
     def alembic(self) -> Alembic:
@@ -75,6 +84,12 @@ class Outcome:
 
 def preflight(run: Run) -> Outcome:
     checks = preflight_checks(run.pb, run.alembic)
+    blue = run.live_playbook()
+    if run.pb.router is not None and blue is not None and not blue.deploy.endpoints:
+        # Rollback must be able to point blue's backend at the live version again.
+        checks.append(Check("router", "fail", f"the live version {blue.version} was released without "
+                            "deploy.endpoints: deployctl could not send users back to it; release it "
+                            "again with deploy.endpoints and the router first"))
     failed = [c for c in checks if c.status == "fail"]
     detail = {"checks": [c.as_dict() for c in checks]}
     if failed:
@@ -150,11 +165,16 @@ def cohort(index: int) -> Callable[[Run], Outcome]:
         router.apply(split)
         run.journal.event(run.release_id, name, "info", {"split": {"allow": len(split.allow),
                                                                     "percent": split.percent}})
+        run.tell("cohort", f"{name}: {split.percent}% of users and {len(split.allow)} allow-listed on "
+                           f"version {run.pb.version}", step=name, percent=split.percent,
+                 allow=len(split.allow))
         started = run.journal.get(run.release_id).started_at
         watch = Watch(run.pb.gates, router, run.pb.database.dsn, started,
                       run.journal.step_detail(run.release_id, "route").get("baselines", {}))
-        detail = cohorts.run_step(run.pb, index, watch, cohorts.Operator(run.journal, run.release_id),
-                                  lambda reading: run.journal.event(run.release_id, name, "info", reading))
+        def record(reading: dict[str, Any]) -> None:
+            run.journal.event(run.release_id, name, "info", redact(reading))
+
+        detail = cohorts.run_step(run.pb, index, watch, cohorts.Operator(run.journal, run.release_id), record)
         return Outcome({**detail, "percent": split.percent, "allow": len(split.allow)})
     return step
 
@@ -200,7 +220,9 @@ def blue_serving(run: Run) -> Outcome:
     blue = run.live_playbook()
     if blue is None or blue.version == run.pb.version:
         return Outcome({"blue": None})
-    return Outcome({"blue": blue.version, **versions.ensure_running(blue, run.pb.workdir)})
+    running = versions.ensure_running(blue, run.pb.workdir)
+    # Finalize may have switched `current` to green before it failed: back to blue's release.
+    return Outcome({"blue": blue.version, **running, **versions.make_live(blue)})
 
 
 def traffic_to_blue(run: Run) -> Outcome:

@@ -172,10 +172,12 @@ def test_preflight_passes_on_a_good_setup_and_returns_every_check(env: Env, jour
     migrate_to(env, "0001")
     outcome = steps.preflight(start_release(env, journal))
     checks = outcome.detail["checks"]
-    assert [c["name"] for c in checks] == ["database", "pg_dump", "disk", "migrations", "capture"]
+    assert [c["name"] for c in checks] == ["database", "pg_dump", "disk", "restore_disk", "migrations",
+                                           "migration_lint", "capture", "slots"]
     assert all(c["status"] == "pass" for c in checks), checks
-    assert checks[3]["message"] == "database at 0001, target 0002"
-    assert checks[4]["message"] == "logical capture of schemas public"
+    messages = {c["name"]: c["message"] for c in checks}
+    assert messages["migrations"] == "database at 0001, target 0002"
+    assert messages["capture"] == "logical capture of schemas public"
     assert outcome.record is None
 
 

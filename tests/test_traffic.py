@@ -27,7 +27,7 @@ import pytest
 
 from deployctl.fleet.routers import Endpoint, Split
 from deployctl.fleet.routers import haproxy as haproxy_router
-from tests.conftest import Env
+from tests.conftest import Env, seed
 from tests.routers_env import HaproxyEnv, free_port
 
 pytestmark = pytest.mark.integration
@@ -187,6 +187,33 @@ def test_a_gate_breach_at_ten_percent_puts_every_user_back_on_blue_and_rolls_bac
     # Only the beta cohort ever met the bug.
     hit = {u for _, u, status, _ in users.seen if status == 500}
     assert hit and len(hit) <= 0.2 * len(USERS), f"{len(hit)} users met version 2's bug"
+    # Besides the bug, users saw only answers, or 503 (maintenance) while the databases swapped.
+    assert {status for _, _, status, _ in users.seen} <= {200, 500, 503}
+
+
+def test_a_business_metric_below_its_baseline_and_a_failing_probe_roll_back(
+        env: Env, haproxy: HaproxyEnv) -> None:
+    released_v1(env, haproxy)
+    seed(env)  # a business metric needs business: users
+    count = "select count(*) from users"
+    gates = {**GATES, "error_rate": {}, "sql": [
+        {"name": "users kept", "query": count, "baseline": count, "min_ratio": 0.5},
+        {"name": "users doubled", "query": count, "baseline": count, "min_ratio": 2}]}
+    playbook = routed(env, haproxy, "2", gates=gates,
+                      cohorts=[{"name": "beta", "percent": 10, "hold": "30s"}])
+    done = env.cli("release", str(playbook), timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    reason = (env.release_row() or {})["reason"]
+    assert "users doubled:" in reason and "below 200%" in reason and "users kept" not in reason, reason
+
+    probe = {**GATES, "error_rate": {}, "http": [{"name": "feed as a beta user", "http": {
+        "url": f"http://127.0.0.1:{haproxy.port}/no-such-page", "headers": {"X-User-Id": "user1"}}}]}
+    playbook = routed(env, haproxy, "2", gates=probe,
+                      cohorts=[{"name": "beta", "percent": 10, "hold": "30s"}])
+    done = env.cli("release", str(playbook), timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    reason = (env.release_row() or {})["reason"]
+    assert "feed as a beta user:" in reason and "status 404, expected 200" in reason, reason
 
 
 def _wait_for(env: Env, what: str, check: Any, timeout: float = 60.0) -> None:
@@ -253,3 +280,27 @@ def test_a_step_without_a_conclusive_reading_rolls_back_in_ci(env: Env, haproxy:
     release = env.release_row()
     assert release is not None and "no gate reading was conclusive" in release["reason"]
     assert set(versions_now(haproxy.port).values()) == {"1"}
+
+
+def test_a_rollback_requested_during_deploy_is_carried_out_before_the_next_step(env: Env) -> None:
+    playbook = env.playbook("2", deploy={"env": {"DATABASE_URL": env.app_dsn, "SOCIAL_STARTUP_DELAY": "3"}})
+    running = subprocess.Popen([sys.executable, "-m", "deployctl", "release", str(playbook)],
+                               cwd=env.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def deploying() -> bool:
+            row = env.release_row()
+            return row is not None and ("deploy", "started") in env.events(row["id"])
+
+        _wait_for(env, "the deploy step", deploying)
+        asked = env.cli("rollback", "--state-dsn", env.state_dsn)
+        assert asked.returncode == 0, asked.stderr
+        assert "rollback requested" in asked.stdout
+        out, _ = running.communicate(timeout=300)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == 1, out
+    row = env.release_row()
+    assert row is not None and row["status"] == "rolled_back"
+    assert row["reason"] == "rollback requested by an operator before smoke"
+    assert ("smoke", "started") not in env.events(row["id"])

@@ -101,3 +101,7 @@ class Alembic:
 
     def downgrade(self, target: str | None, *, retries: int) -> None:
         self._with_retries(retries, "downgrade", target or "base")
+
+    def offline_sql(self, start: str | None, target: str) -> str:
+        """The SQL the upgrade would run (`alembic upgrade START:TARGET --sql`); connects nowhere."""
+        return self._run("upgrade", f"{start or 'base'}:{target}", "--sql")

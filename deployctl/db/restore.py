@@ -80,6 +80,15 @@ def swap_started(dsn: str, release_id: int) -> bool:
         return _exists(admin, names_for(dsn, release_id).failed)
 
 
+def reopen(dsn: str) -> None:
+    """Let the live database take connections again: a swap killed before its first rename
+    left it refusing them."""
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        live = conninfo_to_dict(dsn).get("dbname")
+        if live and _exists(admin, str(live)):
+            _allow_connections(admin, str(live), True)
+
+
 def in_progress(dsn: str, release_id: int) -> bool:
     """Whether a restore for this release was loaded (and maybe half swapped) already."""
     names = names_for(dsn, release_id)
@@ -139,11 +148,16 @@ def swap(dsn: str, names: Names,
                         admin, names.live, keep=kept.info.backend_pid if kept else None)
                     if tail and kept:
                         result.update(tail(kept))
+                        kept.close()  # a database with a session cannot be renamed
+                    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(names.live), sql.Identifier(names.failed)))
+                except BaseException:
+                    # Not swapped: the live database must take connections again (blue runs on it).
+                    _allow_connections(admin, names.live, True)
+                    raise
                 finally:
                     if kept:
                         kept.close()
-                admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(names.live), sql.Identifier(names.failed)))
             if not _exists(admin, names.live):
                 admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                     sql.Identifier(names.restored), sql.Identifier(names.live)))

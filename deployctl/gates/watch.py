@@ -22,6 +22,7 @@ from deployctl.playbook import GatesConfig, RateGate
 Status = Literal["pass", "fail", "inconclusive"]
 # Under this many green errors in a window, "green errs more than blue" is noise, not a breach.
 MIN_ERRORS_VS_BLUE = 3
+GATE_QUERY_TIMEOUT = "10s"
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def baselines(gates: GatesConfig, dsn: str, started_at: datetime) -> dict[str, f
 def _number(dsn: str, query: str, started_at: datetime) -> float | None:
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         conn.read_only = True  # a gate looks, it never writes
+        conn.execute(f"SET statement_timeout = '{GATE_QUERY_TIMEOUT}'")  # a stuck query is no reading
         row = conn.execute(query, {"started_at": started_at}).fetchone()  # type: ignore[arg-type]
     return None if row is None or row[0] is None else float(row[0])
 
