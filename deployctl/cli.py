@@ -7,7 +7,9 @@ touched; 3 rollback failed, a human is needed; 4 another release holds the lock.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from functools import wraps
@@ -114,10 +116,15 @@ def _finish(result: engine.Result, as_json: bool) -> int:
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.option("--log-json/--log-text", default=None,
               help="Log format (default: text on a terminal, JSON lines otherwise).")
+@click.option("-y", "--yes", is_flag=True, envvar="DEPLOYCTL_YES",
+              help="Non-interactive, as when CI=true: never wait for an operator (a cohort step "
+                   "whose gates could not judge rolls back instead of pausing).")
 @click.version_option(package_name="deployctl")
-def main(debug: bool, log_json: bool | None) -> None:
+def main(debug: bool, log_json: bool | None, yes: bool) -> None:
     """Blue-green releases with rollbacks that lose no user action."""
     configure(json=log_json, debug=debug)
+    if yes:
+        os.environ["DEPLOYCTL_YES"] = "1"  # read by deployctl.cohorts.in_ci()
 
 
 @main.command()
@@ -210,18 +217,32 @@ _control("abort", "Move every user back to blue now; green, the database and the
 @main.command()
 @click.argument("release_id", required=False, type=int)
 @click.option("--app", help="Application name (default: the playbook's).")
+@click.option("-w", "--watch", "watch", is_flag=True,
+              help="Show it again every --interval seconds until the release ends.")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2),
+              help="Seconds between two looks with --watch.")
 @with_state
 @json_option
 @_errors
-def status(release_id: int | None, app: str | None, pb_path: str | None,
+def status(release_id: int | None, app: str | None, watch: bool, interval: float, pb_path: str | None,
            state_dsn: str | None, as_json: bool) -> int:
     """Show a release's steps (the latest one if RELEASE_ID is not given)."""
+    while True:
+        finished = _status_once(release_id, app, pb_path, state_dsn, as_json, clear=watch)
+        if not watch or finished:
+            return EXIT_OK
+        time.sleep(interval)
+
+
+def _status_once(release_id: int | None, app: str | None, pb_path: str | None, state_dsn: str | None,
+                 as_json: bool, clear: bool) -> bool:
+    """Print the status once; True when there is nothing left to watch."""
     app = _app(pb_path, app)
     with Journal(_state_dsn(pb_path, state_dsn)) as journal:
         found = journal.get(release_id) if release_id else journal.latest(app)
         if found is None:
             _emit(None, as_json, lambda: "no releases yet")
-            return EXIT_OK
+            return True
         result = engine.summarize(journal, found.id)
         live = journal.live(found.app)
         lock = journal.lock_holder(found.app)
@@ -237,8 +258,10 @@ def status(release_id: int | None, app: str | None, pb_path: str | None,
                     f"{result.release_id}` or `deployctl rollback {result.release_id}`")
         return out
 
+    if clear and not as_json and sys.stdout.isatty():
+        click.echo("\033[H\033[J", nl=False)  # redraw in place
     _emit(data, as_json, text)
-    return EXIT_OK
+    return not (lock["alive"] and result.status in OPEN_STATUSES)
 
 
 @main.command()

@@ -36,7 +36,8 @@ def split_for(pb: Playbook, upto: int) -> Split:
 
 
 def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    """Nobody to answer a pause: CI=true, or `deployctl --yes`."""
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("CI", "DEPLOYCTL_YES"))
 
 
 class Operator:

@@ -64,6 +64,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def require(program: str) -> str:
+    """The absolute path of a program the tests run for real (sshd, haproxy, nginx…): a missing
+    one fails the tests when CI is set (never a silent skip there), and skips them elsewhere."""
+    for candidate in (shutil.which(program), f"/usr/sbin/{program}", f"/usr/bin/{program}"):
+        if candidate and os.access(candidate, os.X_OK):
+            return os.path.abspath(candidate)
+    reason = f"{program} not found: these tests run a real one (`make fleet-tools` installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def _dsn(server: str, dbname: str) -> str:
     """A postgresql:// URL (what Alembic's env.py expects) for `dbname` on the server."""
     params = conninfo_to_dict(server)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.client
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +32,7 @@ import pytest
 from deployctl.fleet.routers import Endpoint, Split
 from deployctl.fleet.routers import haproxy as haproxy_router
 from deployctl.fleet.routers import nginx as nginx_router
+from tests.conftest import free_port, require
 
 RETRY_AFTER = 7  # not the default 5, so the tests show the setting reaches the 503s
 COOKIE = "uid"   # the user id's cookie, for requests without the X-User-Id header
@@ -59,23 +59,6 @@ server = Server(("127.0.0.1", 0), Handler)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 """
-
-
-def require(program: str) -> str:
-    """The absolute path of `program`; fails in CI, skips elsewhere, when it is missing."""
-    for candidate in (shutil.which(program), f"/usr/sbin/{program}"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    reason = f"{program} not found: the routers' tests run a real one (`make fleet-tools` installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], output: Path, timeout: float = 10.0) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,23 +28,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-
-def require(program: str, *also: str) -> str:
-    """The absolute path of `program`; fails in CI, skips elsewhere, when it is missing."""
-    for candidate in (shutil.which(program), *also):
-        if candidate and os.access(candidate, os.X_OK):
-            return os.path.abspath(candidate)
-    reason = (f"{program} not found: the ssh transport's tests run the real OpenSSH programs "
-              "(`make fleet-tools` installs them)")
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import free_port, require
 
 
 def make_key(path: Path, passphrase: bytes | None = None) -> str:
@@ -112,7 +95,7 @@ class Sshd:
         return f"[127.0.0.1]:{self.port} {public or self.host_public}\n"
 
     def start(self, timeout: float = 10) -> None:
-        binary = require("sshd", "/usr/sbin/sshd")
+        binary = require("sshd")
         if os.geteuid() == 0:
             # As root, sshd's privilege separation needs this empty directory to chroot into.
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

@@ -51,9 +51,13 @@ def test_no_output_of_a_release_contains_a_secret(deployer: None, env: Env, fail
     playbook = secret_playbook(env, fail)
     secrets = {"DEPLOYER_PASSWORD": PASSWORD, "API_TOKEN": TOKEN}
     outputs = []
-    for args in (["plan", playbook], ["--log-json", "release", playbook],
+    for args in (["plan", playbook], ["check", playbook], ["check", "--json", playbook],
+                 ["--log-json", "release", playbook],
                  ["--log-text", "status", "-p", playbook],
-                 ["history", "--json", "-p", playbook], ["status", "--json", "-p", playbook]):
+                 ["history", "--json", "-p", playbook], ["status", "--json", "-p", playbook],
+                 ["report", "1", "-p", playbook], ["report", "1", "--format", "json", "-p", playbook],
+                 ["report", "1", "--format", "html", "-p", playbook],
+                 ["delta", "show", "1", "--json", "-p", playbook]):
         done = env.cli(*args, env=secrets)
         outputs += [done.stdout, done.stderr]
         if args[-2:] == ["release", playbook]:

@@ -245,6 +245,11 @@ def test_operators_pause_promote_and_abort_a_running_release_from_another_termin
         paused = env.cli("pause", *state)
         assert paused.returncode == 0, paused.stderr
         assert "pause requested" in paused.stdout
+        resumed = env.cli("resume", *state)  # a running release: resume is a request to it
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resume requested" in resumed.stdout
+        paused = env.cli("pause", *state)
+        assert paused.returncode == 0, paused.stderr
         promoted = env.cli("promote", *state)
         assert promoted.returncode == 0, promoted.stderr
         _wait_for(env, "cohort.beta", lambda: at("cohort.beta"))
@@ -271,11 +276,14 @@ def test_operators_pause_promote_and_abort_a_running_release_from_another_termin
     assert env.cli("pause", *state).returncode == 2
 
 
-def test_a_step_without_a_conclusive_reading_rolls_back_in_ci(env: Env, haproxy: HaproxyEnv) -> None:
+@pytest.mark.parametrize("unattended", ["CI=true", "--yes"])
+def test_a_step_without_a_conclusive_reading_rolls_back_in_ci(
+        env: Env, haproxy: HaproxyEnv, unattended: str) -> None:
     released_v1(env, haproxy)
     playbook = routed(env, haproxy, "2", gates=GATES,
                       cohorts=[{"name": "beta", "percent": 10, "hold": "1.5s"}])
-    done = env.cli("release", str(playbook), env={"CI": "true"}, timeout=300)  # nobody is using the app
+    args, extra = (["release"], {"CI": "true"}) if unattended == "CI=true" else (["--yes", "release"], {})
+    done = env.cli(*args, str(playbook), env=extra, timeout=300)  # nobody is using the app
     assert done.returncode == 1, done.stdout + done.stderr
     release = env.release_row()
     assert release is not None and "no gate reading was conclusive" in release["reason"]
@@ -304,3 +312,27 @@ def test_a_rollback_requested_during_deploy_is_carried_out_before_the_next_step(
     assert row is not None and row["status"] == "rolled_back"
     assert row["reason"] == "rollback requested by an operator before smoke"
     assert ("smoke", "started") not in env.events(row["id"])
+
+
+def test_status_watch_follows_a_running_release_until_it_ends(env: Env, haproxy: HaproxyEnv) -> None:
+    released_v1(env, haproxy)
+    playbook = routed(env, haproxy, "2", gates={**GATES, "on_inconclusive": "continue"},
+                      cohorts=[{"name": "beta", "percent": 10, "hold": "3s"}])
+    running = subprocess.Popen([sys.executable, "-m", "deployctl", "release", str(playbook)],
+                               cwd=env.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def started() -> bool:
+            row = env.release_row()
+            return row is not None and row["version"] == "2"
+
+        _wait_for(env, "release 2", started)
+        watched = env.cli("status", "--watch", "--interval", "0.5", "--state-dsn", env.state_dsn, timeout=300)
+        assert running.wait(timeout=300) == 0
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert watched.returncode == 0, watched.stderr
+    looks = watched.stdout.count("release #2: social 2")
+    assert looks >= 3, watched.stdout
+    assert watched.stdout.rstrip().endswith("live version: 2"), watched.stdout[-400:]
+    assert "outcome: released" in watched.stdout and "outcome: running" in watched.stdout

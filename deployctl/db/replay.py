@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_loads
 
+from deployctl import progress
 from deployctl.db.capture import ORIGIN
 from deployctl.errors import StepFailed
 
@@ -486,27 +487,16 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
     with psycopg.connect(target_dsn) as conn:
         try:
             _session_setup(conn)
-            for row in tables:
-                schema, source, count = (row["schema_name"], row["table_name"], row["count"]) if isinstance(
-                    row, dict) else row
-                mapping = options.tables.get(source, TableMap())
-                target = mapping.target or source
-                table_report = report.tables.setdefault(source, TableReport(source, count))
-                if source in options.side_effects or target in options.side_effects:
-                    table_report.side_effect = True
-                    side_effects.extend(changes(state, release_id, stored_after, (schema, source)))
-                    continue
-                shape = _target_shape(conn, schema, target)
-                if shape is None:
-                    table_report.missing = True
-                    continue
-                if not shape.pk:  # cannot be matched row by row: kept in the delta, reported
-                    table_report.no_key = True
-                    continue
-                table = _Table(conn, schema, target, shape, mapping, table_report, options.json_as_text)
-                table.load(state, release_id, source, stored_after)
-                if _replay_table(table, report, options):
-                    written.append(table)
+            total = sum(r["count"] if isinstance(r, dict) else r[2] for r in tables)
+            with progress.watching("replay", lambda: sum(t.changes for t in report.tables.values()),
+                                   total, unit="changes"):
+                for row in tables:
+                    schema, source, count = (row["schema_name"], row["table_name"], row["count"]) if (
+                        isinstance(row, dict)) else row
+                    table = _one_table(conn, state, release_id, (schema, source), count, options, report,
+                                       side_effects, stored_after)
+                    if table is not None:
+                        written.append(table)
             if report.conflicts and options.on_conflict == "fail":
                 raise ReplayConflict(report)
             if not options.dry_run:
@@ -528,6 +518,30 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
         write_jsonl(options.reconciliation, side_effects, append=stored_after > 0)
         report.reconciliation = str(options.reconciliation)
     return report
+
+
+def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
+               name: tuple[str, str], count: int, options: Options, report: Report,
+               side_effects: list[dict[str, Any]], stored_after: int) -> _Table | None:
+    """Replay one source table's changes; the table if it wrote rows whose sequences may move."""
+    schema, source = name
+    mapping = options.tables.get(source, TableMap())
+    target = mapping.target or source
+    table_report = report.tables.setdefault(source, TableReport(source, count))
+    if source in options.side_effects or target in options.side_effects:
+        table_report.side_effect = True
+        side_effects.extend(changes(state, release_id, stored_after, (schema, source)))
+        return None
+    shape = _target_shape(conn, schema, target)
+    if shape is None:
+        table_report.missing = True
+        return None
+    if not shape.pk:  # cannot be matched row by row: kept in the delta, reported
+        table_report.no_key = True
+        return None
+    table = _Table(conn, schema, target, shape, mapping, table_report, options.json_as_text)
+    table.load(state, release_id, source, stored_after)
+    return table if _replay_table(table, report, options) else None
 
 
 def _replay_table(table: _Table, report: Report, options: Options) -> bool:

@@ -8,6 +8,7 @@ the database names) so that a restore killed at any point can simply be run agai
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -19,9 +20,10 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from deployctl import progress
 from deployctl.db.capture import TRIGGER_SCHEMA
 from deployctl.db.libpq import run_tool
-from deployctl.db.snapshot import verify
+from deployctl.db.snapshot import MANIFEST, verify
 from deployctl.journal import with_dbname
 
 _LOADED = "deployctl: snapshot restored for release {}"
@@ -114,8 +116,15 @@ def load(dsn: str, snapshot: Path, release_id: int, *, jobs: int) -> Names:
                 sql.Identifier(names.restored)))
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 OWNER {}").format(
             sql.Identifier(names.restored), sql.Identifier(owner[0] if owner else "postgres")))
-        run_tool("pg_restore", ["-j", str(jobs), "--exit-on-error", str(snapshot)],
-                 with_dbname(dsn, names.restored))
+        total = json.loads((snapshot / MANIFEST).read_text()).get("database_bytes")
+
+        def restored_bytes() -> float:
+            row = admin.execute("SELECT pg_database_size(%s)", (names.restored,)).fetchone()
+            return float(row[0]) if row else 0.0
+
+        with progress.watching("restore", restored_bytes, total):
+            run_tool("pg_restore", ["-j", str(jobs), "--exit-on-error", str(snapshot)],
+                     with_dbname(dsn, names.restored))
         with psycopg.connect(with_dbname(dsn, names.restored), autocommit=True) as restored:
             # The dump may hold the capture triggers of this very release: not in the copy.
             restored.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(

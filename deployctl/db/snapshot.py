@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from deployctl import progress
 from deployctl.db.libpq import run_tool, tool_version
 from deployctl.errors import StepFailed
 
@@ -50,6 +51,10 @@ def alembic_revision(conn: psycopg.Connection[Any]) -> str | None:
     return str(row[0]) if row else None
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
 def take(dsn: str, dest: Path, *, jobs: int) -> dict[str, Any]:
     """Dump the database at `dsn` into `dest` (a folder) and return its manifest.
 
@@ -71,8 +76,10 @@ def take(dsn: str, dest: Path, *, jobs: int) -> dict[str, Any]:
         snapshot_id, xip_snapshot, lsn, server_num, server_version, db_size = row
         revision = alembic_revision(conn)
         # The exported snapshot lives as long as this transaction: keep it open during pg_dump.
-        run_tool("pg_dump", ["-Fd", "-j", str(jobs), f"--snapshot={snapshot_id}",
-                             "--no-publications", "--no-subscriptions", "-f", str(partial)], dsn)
+        # Compressed: the dump's final size is not known in advance, only what is written.
+        with progress.watching("snapshot", lambda: folder_bytes(partial), None):
+            run_tool("pg_dump", ["-Fd", "-j", str(jobs), f"--snapshot={snapshot_id}",
+                                 "--no-publications", "--no-subscriptions", "-f", str(partial)], dsn)
     files: list[dict[str, Any]] = []
     for path in sorted(partial.rglob("*")):
         if path.is_file():
