@@ -20,9 +20,10 @@ import click
 import psycopg
 
 from deployctl import delta as deltas
-from deployctl import engine, playbook
+from deployctl import engine, playbook, preflight
+from deployctl import report as reports
 from deployctl.db import capture
-from deployctl.errors import EXIT_OK, EXIT_ROLLBACK_FAILED, DeployctlError
+from deployctl.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROLLBACK_FAILED, DeployctlError
 from deployctl.journal import OPEN_STATUSES, Journal
 from deployctl.log import configure
 from deployctl.redact import redact
@@ -413,13 +414,13 @@ def cleanup(pb_path: str, as_json: bool) -> int:
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the report to FILE, mode 0600 (it can hold user data), instead of stdout.")
 @with_state
+@json_option
 @_errors
 def report(release_id: int, fmt: str, output: str | None, pb_path: str | None,
-           state_dsn: str | None) -> int:
+           state_dsn: str | None, as_json: bool) -> int:
     """The timeline report of RELEASE_ID from the journal: steps, gate readings, the decision and
-    its reason, the delta, what users saw (personal columns masked)."""
-    from deployctl import report as reports
-
+    its reason, the delta, what users saw (personal columns masked). `--json` = `--format json`."""
+    fmt = "json" if as_json else fmt
     extra = playbook.load(pb_path).personal if pb_path else []
     with Journal(_state_dsn(pb_path, state_dsn)) as journal:
         text = reports.render(reports.build(journal, release_id, extra), fmt)
@@ -438,9 +439,6 @@ def report(release_id: int, fmt: str, output: str | None, pb_path: str | None,
 def check(playbook_path: str, as_json: bool) -> int:
     """Run the release's preflight checks for PLAYBOOK, touching nothing: one line per check;
     exit 2 if any fails (warnings allowed)."""
-    from deployctl import preflight
-    from deployctl.errors import EXIT_BAD_INPUT
-
     pb = playbook.load(playbook_path)
     checks = [c.as_dict() for c in preflight.check(pb)]
     failed = sum(c["status"] == "fail" for c in checks)
