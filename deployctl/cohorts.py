@@ -28,6 +28,10 @@ class Aborted(StepFailed):
     """An operator asked to abort: users back on blue now, green and the capture kept."""
 
 
+class GateBreach(StepFailed):
+    """The gates judged green failing (or could not judge it, where that rolls back)."""
+
+
 def split_for(pb: Playbook, upto: int) -> Split:
     """The split of cohort step `upto`: everyone let in by it or by a step before it."""
     steps = pb.cohorts[: upto + 1]
@@ -111,7 +115,7 @@ def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
         if verdict.status == "fail":
             failing += 1
             if failing >= gates.failures:
-                raise StepFailed(f"gate breach in cohort {step.name}: {verdict.failures()}")
+                raise GateBreach(f"gate breach in cohort {step.name}: {verdict.failures()}")
         elif verdict.status == "pass":
             failing = 0
     if ended == "held" and readings and not conclusive:
@@ -120,7 +124,7 @@ def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
             policy = "rollback"
         why = f"cohort {step.name}: no gate reading was conclusive in {readings} readings"
         if policy == "rollback":
-            raise StepFailed(why)
+            raise GateBreach(why)
         if policy == "pause":
             command = operator.hold(why, gates.max_pause)
             if command in ("abort", "rollback"):

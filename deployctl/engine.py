@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deployctl import failpoints
-from deployctl.cohorts import Aborted, Operator
+from deployctl.cohorts import Aborted, GateBreach, Operator
 from deployctl.db import capture
 from deployctl.errors import (
     EXIT_BAD_INPUT,
@@ -143,7 +143,7 @@ def _forward(run: Run) -> str:
             except (Exception, KeyboardInterrupt) as exc:
                 worker.stop()
                 reason = f"{name} failed: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}"
-                if name.startswith("cohort."):
+                if isinstance(exc, GateBreach):
                     run.tell("breach", redact(reason), step=name)
                 return _rollback(run, redact(reason))
             if name != "finalize":
