@@ -171,6 +171,7 @@ def cohort(index: int) -> Callable[[Run], Outcome]:
         started = run.journal.get(run.release_id).started_at
         watch = Watch(run.pb.gates, router, run.pb.database.dsn, started,
                       run.journal.step_detail(run.release_id, "route").get("baselines", {}))
+
         def record(reading: dict[str, Any]) -> None:
             run.journal.event(run.release_id, name, "info", redact(reading))
 
