@@ -32,6 +32,11 @@ class GateBreach(StepFailed):
     """The gates judged green failing (or could not judge it, where that rolls back)."""
 
 
+def _ended_by(command: str, when: str) -> StepFailed:
+    """What an operator's `abort` or `rollback` raises."""
+    return (Aborted if command == "abort" else StepFailed)(f"{command} requested by an operator {when}")
+
+
 def split_for(pb: Playbook, upto: int) -> Split:
     """The split of cohort step `upto`: everyone let in by it or by a step before it."""
     steps = pb.cohorts[: upto + 1]
@@ -104,8 +109,7 @@ def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
                 ended = "promoted"
                 break
             if command in ("abort", "rollback"):
-                raise (Aborted if command == "abort" else StepFailed)(
-                    f"{command} requested by an operator during cohort {step.name}")
+                raise _ended_by(command, f"during cohort {step.name}")
             continue  # resumed: the hold clock did not run while paused
         held += time.monotonic() - started
         verdict, figures = watch.read()
@@ -128,7 +132,7 @@ def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
         if policy == "pause":
             command = operator.hold(why, gates.max_pause)
             if command in ("abort", "rollback"):
-                raise (Aborted if command == "abort" else StepFailed)(f"{command} requested: {why}")
+                raise _ended_by(command, f"while paused ({why})")
             ended = "continued by an operator"
     return {"cohort": step.name, "ended": ended, "readings": readings, "conclusive": conclusive,
             "held_s": round(held, 3)}

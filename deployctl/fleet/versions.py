@@ -81,47 +81,37 @@ def _healthy(pb: Playbook, url: str, died: Any) -> float:
     return round(wait_healthy(url, timeout=health.timeout, interval=health.interval, died=died), 3)
 
 
-def start(pb: Playbook, workdir: Path) -> dict[str, Any]:
-    """Start the version wherever it runs (unless it runs already) and wait until healthy."""
-    if pb.deploy.transport == "local":
-        local, spec = LocalTransport(workdir), process.for_playbook(pb)
-        pid = local.start(spec)
-        took = _healthy(pb, pb.deploy.health.url, lambda: local.exited(spec))
-        return {"pid": pid, "healthy_after_s": took, "health": pb.deploy.health.url}
-    artifact = _ssh(pb).artifact
-
-    def one(remote: Remote) -> dict[str, Any]:
-        spec = _spec(pb, remote.host.address)
-        uploaded = False
-        if artifact is not None and remote.pid(spec) is None:  # never under a running process
-            remote.upload(artifact, _release_dir(pb))
-            uploaded = True
-        pid = remote.start(spec)
-        took = _healthy(pb, for_host(pb.deploy.health.url, remote.host.address),
-                        lambda: remote.exited(spec))
-        return {"pid": pid, "healthy_after_s": took, "uploaded": uploaded}
-
-    with _fleet(pb) as fleet:
-        return {"hosts": fleet.each(one), "health": health_urls(pb)}
-
-
-def ensure_running(pb: Playbook, workdir: Path) -> dict[str, Any]:
-    """Start the version where it is not running (blue, before users go back to it)."""
+def start(pb: Playbook, workdir: Path, upload: bool = True) -> dict[str, Any]:
+    """Start the version wherever it is not running yet and wait until healthy. With `upload`
+    (green) a host that does not run it gets the build first; blue's release is there already."""
     if pb.deploy.transport == "local":
         local, spec = LocalTransport(workdir), process.for_playbook(pb)
         restarted = local.pid(spec) is None
-        return {**start(pb, workdir), "restarted": restarted}
+        pid = local.start(spec)
+        took = _healthy(pb, pb.deploy.health.url, lambda: local.exited(spec))
+        return {"pid": pid, "healthy_after_s": took, "health": pb.deploy.health.url, "restarted": restarted}
+    artifact = _ssh(pb).artifact if upload else None
 
     def one(remote: Remote) -> dict[str, Any]:
         spec = _spec(pb, remote.host.address)
         restarted = remote.pid(spec) is None
+        if artifact is not None and restarted:  # never under a running process
+            remote.upload(artifact, _release_dir(pb))
         pid = remote.start(spec)
-        _healthy(pb, for_host(pb.deploy.health.url, remote.host.address), lambda: remote.exited(spec))
-        return {"pid": pid, "restarted": restarted}
+        took = _healthy(pb, for_host(pb.deploy.health.url, remote.host.address),
+                        lambda: remote.exited(spec))
+        return {"pid": pid, "healthy_after_s": took, "restarted": restarted,
+                "uploaded": artifact is not None and restarted}
 
     with _fleet(pb) as fleet:
         per_host = fleet.each(one)
-    return {"hosts": per_host, "restarted": any(h["restarted"] for h in per_host.values())}
+    return {"hosts": per_host, "health": health_urls(pb),
+            "restarted": any(h["restarted"] for h in per_host.values())}
+
+
+def ensure_running(pb: Playbook, workdir: Path) -> dict[str, Any]:
+    """Blue, before users go back to it: started where it is not running, from its release."""
+    return start(pb, workdir, upload=False)
 
 
 def stop(pb: Playbook, workdir: Path) -> bool:
