@@ -17,6 +17,7 @@ import psycopg
 
 from deployctl.db import capture, replay, restore
 from deployctl.db.capture import CaptureInfo, CaptureLost
+from deployctl.db.shapes import History
 from deployctl.errors import BadInput, StepFailed
 from deployctl.journal import Journal, holder_name, with_dbname
 from deployctl.log import log
@@ -24,9 +25,10 @@ from deployctl.playbook import Playbook
 from deployctl.redact import redact, safe_dsn
 
 
-def options(pb: Playbook, *, on_conflict: str | None = None, dry_run: bool = False,
-            reconciliation: Path | None = None, capture_mode: str = "logical") -> replay.Options:
-    """Replay options from the playbook's `replay` and `personal` sections."""
+def options(pb: Playbook, found: dict[str, Any] | None, *, on_conflict: str | None = None,
+            dry_run: bool = False, reconciliation: Path | None = None) -> replay.Options:
+    """Replay options from the playbook's `replay` and `personal` sections and the capture
+    (`found`: its journal row)."""
     tables = {
         source: replay.TableMap(
             target=cfg.to,
@@ -38,7 +40,8 @@ def options(pb: Playbook, *, on_conflict: str | None = None, dry_run: bool = Fal
         on_conflict=on_conflict or pb.replay.on_conflict,  # type: ignore[arg-type]
         side_effects=frozenset(pb.replay.side_effects), tables=tables,
         personal=frozenset(pb.personal), dry_run=dry_run, reconciliation=reconciliation,
-        json_as_text=capture_mode == "logical")
+        json_as_text=found is None or found["mode"] == "logical",
+        history=History.from_capture(found))
 
 
 def reconciliation_file(pb: Playbook, release_id: int) -> Path:
@@ -104,9 +107,12 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     dsn = pb.database.dsn
     names = restore.load(dsn, snapshot_path, release_id, jobs=pb.snapshot.jobs)
     restored_dsn = with_dbname(dsn, names.restored)
-    found = journal.capture(release_id)
-    opts = options(pb, reconciliation=reconciliation_file(pb, release_id),
-                   capture_mode=found["mode"] if found else "logical")
+
+    def opts() -> replay.Options:
+        # Read after each drain: a drain can bring the migration that changed the shapes.
+        return options(pb, journal.capture(release_id),
+                       reconciliation=reconciliation_file(pb, release_id))
+
     action = f"restored the snapshot at {base or 'base'} and replayed the delta"
     if restore.swap_started(dsn, release_id):
         # Killed mid-swap: the tail was replayed before the first rename.
@@ -115,14 +121,14 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     drain(journal, pb, release_id)
     require_complete(journal, release_id)
     replayed_upto = last_stored(journal, release_id)
-    first = replay.apply(journal.conn, release_id, restored_dsn, opts)
+    first = replay.apply(journal.conn, release_id, restored_dsn, opts())
 
     def tail(live: psycopg.Connection[Any]) -> dict[str, Any]:
         # Every other session has exited (restore waits for them): nothing commits after this.
         upto = live.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
         drain(journal, pb, release_id, conn=live, upto_lsn=upto)
         require_complete(journal, release_id)
-        last = replay.apply(journal.conn, release_id, restored_dsn, opts, stored_after=replayed_upto)
+        last = replay.apply(journal.conn, release_id, restored_dsn, opts(), stored_after=replayed_upto)
         return {"tail_changes": sum(t.changes for t in last.tables.values()), "tail": last}
 
     swapped = restore.swap(dsn, names, tail, pausing)
@@ -227,10 +233,8 @@ def replay_into(journal: Journal, pb: Playbook, release_id: int, target_dsn: str
     journal.get(release_id)
     if not allow_incomplete:
         require_complete(journal, release_id)
-    found = journal.capture(release_id)
-    opts = options(pb, on_conflict=on_conflict, dry_run=dry_run,
-                   reconciliation=reconciliation_file(pb, release_id),
-                   capture_mode=found["mode"] if found else "logical")
+    opts = options(pb, journal.capture(release_id), on_conflict=on_conflict, dry_run=dry_run,
+                   reconciliation=reconciliation_file(pb, release_id))
     try:
         report = replay.apply(journal.conn, release_id, target_dsn, opts)
     except replay.ReplayConflict as exc:

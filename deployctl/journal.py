@@ -299,12 +299,15 @@ class Journal:
         ).fetchone()
         return dict(row) if row else None
 
-    def record_capture(self, release_id: int, mode: str, name: str | None, snapshot: str) -> None:
+    def record_capture(self, release_id: int, mode: str, name: str | None, snapshot: str,
+                       revision: str | None = None) -> None:
+        """A capture that starts at `snapshot`, on a schema at Alembic `revision`."""
         self.conn.execute(
-            """INSERT INTO deployctl.captures (release_id, mode, slot, publication, snapshot)
-               VALUES (%s, %s, %s, %s, %s) ON CONFLICT (release_id) DO NOTHING""",
+            """INSERT INTO deployctl.captures (release_id, mode, slot, publication, snapshot,
+                                               base_revision)
+               VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (release_id) DO NOTHING""",
             (release_id, mode, name if mode == "logical" else None,
-             name if mode == "logical" else None, snapshot),
+             name if mode == "logical" else None, snapshot, revision),
         )
 
     def capture(self, release_id: int) -> dict[str, Any] | None:

@@ -108,7 +108,8 @@ def take_snapshot(run: Run) -> Outcome:
 
     def record(journal: Journal) -> None:
         journal.record_snapshot(run.release_id, path, manifest)
-        journal.record_capture(run.release_id, mode, name, manifest["snapshot"])
+        journal.record_capture(run.release_id, mode, name, manifest["snapshot"],
+                               manifest["alembic_revision"])
 
     return Outcome(
         {"path": path, "bytes": manifest["bytes"], "files": len(manifest["files"]),

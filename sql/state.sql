@@ -90,6 +90,13 @@ CREATE TABLE IF NOT EXISTS deployctl.captures (
     stopped_at      timestamptz
 );
 
+-- The schema's history while the capture ran: the Alembic revision at its start (`base`), then
+-- one [position, revision] per migration transaction, at the position (as in `changes.pos`)
+-- where it wrote alembic_version. A change belongs to the revision in force at its position:
+-- that, with the columns it carries, is its shape, which replay maps from.
+ALTER TABLE deployctl.captures ADD COLUMN IF NOT EXISTS base_revision text;
+ALTER TABLE deployctl.captures ADD COLUMN IF NOT EXISTS revisions jsonb NOT NULL DEFAULT '[]';
+
 -- The delta: every change users made during the release, in commit order (pos, seq).
 -- `new`, `old` and `key` are what jsonb_populate_record() takes: strings in PostgreSQL's text
 -- form, JSON values for json/jsonb columns. TOASTed values that did not change are listed in

@@ -19,7 +19,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -251,16 +251,44 @@ def _store(state: psycopg.Connection[Any], release_id: int, rows: Iterable[tuple
 
 
 def _record(state: psycopg.Connection[Any], release_id: int, rows: list[tuple[Any, ...]],
-            seen: Drained, to: int) -> None:
-    """Store a batch and the capture's counters in one journal transaction."""
+            seen: Drained, to: int, migrated: Sequence[tuple[int, str | None]] = ()) -> None:
+    """Store a batch, the capture's counters and the migrations seen, in one journal transaction."""
     with state.transaction():
         seen.changes = _store(state, release_id, rows)
         state.execute(
             """UPDATE deployctl.captures SET drained_to = GREATEST(drained_to, %s),
                    in_snapshot = in_snapshot + %s, migrations = migrations + %s,
-                   own_writes = own_writes + %s
+                   own_writes = own_writes + %s,
+                   -- a resent batch brings its migrations again: one point per position
+                   revisions = (SELECT COALESCE(jsonb_agg(p ORDER BY (p ->> 0)::numeric), '[]')
+                                FROM (SELECT DISTINCT ON (p ->> 0) p
+                                      FROM jsonb_array_elements(revisions || %s) p) points)
                WHERE release_id = %s""",
-            (to, seen.in_snapshot, seen.migrations, seen.own_writes, release_id))
+            (to, seen.in_snapshot, seen.migrations, seen.own_writes,
+             Jsonb([list(point) for point in migrated]), release_id))
+
+
+def current_revision(state: psycopg.Connection[Any], release_id: int) -> str | None:
+    """The Alembic revision after the last migration the capture has seen (else its base)."""
+    row = state.execute(
+        "SELECT base_revision, revisions -> -1 ->> 1, jsonb_array_length(revisions) "
+        "FROM deployctl.captures WHERE release_id = %s", (release_id,)).fetchone()
+    if row is None:
+        return None
+    base, last, points = row if isinstance(row, tuple) else tuple(row.values())
+    return last if points else base
+
+
+def revision_after(before: str | None, writes: Iterable[tuple[Any, Any]]) -> str | None:
+    """alembic_version's contents after a migration's writes to it, each (old, new) version_num
+    (a branched history holds one row per head: they are listed with commas)."""
+    heads = set(before.split(",")) if before else set()
+    for old, new in writes:
+        if old is not None:
+            heads.discard(str(old))
+        if new is not None:
+            heads.add(str(new))
+    return ",".join(sorted(heads)) or None
 
 
 def drain_logical(app: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
@@ -279,6 +307,8 @@ def drain_logical(app: psycopg.Connection[Any], state: psycopg.Connection[Any], 
         decoder = pgoutput.Decoder()
         rows: list[tuple[Any, ...]] = []
         seen = Drained()
+        migrated: list[tuple[int, str | None]] = []
+        revision = current_revision(state, release_id)
         end_lsn = 0
         for (data,) in messages:
             tx = decoder.feed(bytes(data))
@@ -289,13 +319,17 @@ def drain_logical(app: psycopg.Connection[Any], state: psycopg.Connection[Any], 
                 seen.own_writes += 1
             elif snapshot.visible(snapshot.full_xid(tx.xid)):
                 seen.in_snapshot += 1
-            elif any(c.relation is not None and c.relation.name == MIGRATION_TABLE for c in tx.changes):
+            elif writes := [(c.old and c.old.get("version_num"), c.new and c.new.get("version_num"))
+                            for c in tx.changes
+                            if c.relation is not None and c.relation.name == MIGRATION_TABLE]:
                 seen.migrations += 1
+                revision = revision_after(revision, writes)
+                migrated.append((tx.commit_lsn, revision))
             else:
                 rows.extend(_rows_of(tx))
         if end_lsn == 0:
             return total
-        _record(state, release_id, rows, seen, end_lsn)
+        _record(state, release_id, rows, seen, end_lsn, migrated)
         total.add(seen)
         # Only now that the journal has them may the slot forget them.
         app.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
@@ -334,9 +368,18 @@ def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any],
         seen = Drained()
         batch: list[tuple[Any, ...]] = []
         transactions: dict[int, str] = {}
+        migrated: list[tuple[int, str | None]] = []
+        revision = current_revision(state, release_id)
         for id_, txid, schema, table, op, old, new, migration in rows:
             if migration:
                 transactions[txid] = "migrations"
+                if table == MIGRATION_TABLE:
+                    # A row is written in the shape of the moment it is written: the revision
+                    # changes at this row's position, whenever the transactions commit.
+                    before, after = (json.loads(image)["version_num"] if image else None
+                                     for image in (old, new))
+                    revision = revision_after(revision, [(before, after)])
+                    migrated.append((id_, revision))
             elif snapshot.visible(txid):
                 transactions[txid] = "in_snapshot"
             else:
@@ -346,7 +389,7 @@ def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any],
                 batch.append((id_, 0, txid, None, schema, table, op, _json(key), new, old, []))
         for kind in transactions.values():
             setattr(seen, kind, getattr(seen, kind) + 1)
-        _record(state, release_id, batch, seen, rows[-1][0])
+        _record(state, release_id, batch, seen, rows[-1][0], migrated)
         total.add(seen)
         app.execute("DELETE FROM deployctl_capture.changes WHERE id = ANY(%s)", ([r[0] for r in rows],))
         if len(rows) < BATCH:

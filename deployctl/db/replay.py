@@ -40,7 +40,9 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 
 from deployctl import progress
+from deployctl.db import shapes
 from deployctl.db.capture import ORIGIN
+from deployctl.db.shapes import History
 from deployctl.errors import StepFailed
 
 Policy = Literal["fail", "skip", "overwrite"]
@@ -65,6 +67,7 @@ class Options:
     dry_run: bool = False
     reconciliation: Path | None = None
     json_as_text: bool = True        # logical capture; trigger capture keeps JSON values
+    history: History = History()     # the revisions the capture went through
 
 
 @dataclass
@@ -113,7 +116,7 @@ class Report:
         dropped = sum(sum(t.dropped_columns.values()) for t in self.tables.values())
         text = (f"{changes} changes: {self.applied} rows written, {already} already there, "
                 f"{len(self.conflicts)} conflicts, {self.side_effect_rows} side-effect rows kept "
-                f"for reconciliation, {dropped} values of columns the target lacks dropped")
+                f"for reconciliation, {dropped} values of columns only the newer version has, dropped")
         if missing:
             text += f"; tables the target lacks, kept in the delta: {', '.join(missing)}"
         keyless = [t.table for t in self.tables.values() if t.no_key]
@@ -161,19 +164,17 @@ def changes(state: psycopg.Connection[Any], release_id: int, stored_after: int =
         (release_id, stored_after, table and table[0], table and table[0], table and table[1])).fetchall()
 
 
-# The net effect of a table's changes per key, computed where the delta lives (the journal),
-# streamed to the target as COPY bytes: values never go through Python. An UPDATE that changes
-# the key is a DELETE of the old key and an INSERT of the new one. A row's final values merge
-# its changes in order (so a TOASTed value an update left out keeps the value known before).
-# One sort serves every window of a key; its first row carries the result.
+# The net effect of a table's mapped changes per key, folded in the target. An UPDATE that
+# changes the key is a DELETE of the old key and an INSERT of the new one. A row's final values
+# merge its changes in order (so a TOASTed value an update left out keeps the value known
+# before); every change is in the target's shape by now. One sort serves every window of a
+# key; its first row carries the result.
 _NET = """
 WITH raw AS (
     SELECT pos, seq, op, key, new, old,
            CASE WHEN op = 'update' AND NOT new @> key
                 THEN (SELECT jsonb_object_agg(k, new ->> k) FROM jsonb_object_keys(key) k) END AS new_key
-    FROM deployctl.changes
-    WHERE release_id = {rid} AND stored > {after} AND schema_name = {schema} AND table_name = {table}
-      AND (pos, seq) > ({from_pos}, {from_seq}) AND op <> 'truncate'),
+    FROM replay_mapped),
 steps AS (
     SELECT pos, seq, 0 AS part, op, key, new, old FROM raw WHERE new_key IS NULL OR new_key = key
     UNION ALL
@@ -187,18 +188,19 @@ per_key AS (
     FROM steps
     WINDOW w AS (PARTITION BY key ORDER BY pos, seq, part
                  ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))
+INSERT INTO replay_rows
 SELECT (row_number() OVER ()) - 1, key, first_op, first_old,
-       CASE WHEN last_op = 'delete' THEN NULL ELSE merged END, NULL::jsonb
+       CASE WHEN last_op = 'delete' THEN NULL ELSE merged END
 FROM per_key WHERE n = 1
 """
 
 
-def _merge_aggregate(state: psycopg.Connection[Any]) -> None:
+def _merge_aggregate(conn: psycopg.Connection[Any]) -> None:
     """jsonb `||` as an aggregate, in this session's temporary schema."""
-    exists = state.execute("SELECT 1 FROM pg_proc WHERE proname = 'deployctl_merge' "
+    exists = conn.execute("SELECT 1 FROM pg_proc WHERE proname = 'deployctl_merge' "
                            "AND pronamespace = pg_my_temp_schema()").fetchone()
     if not exists:
-        state.execute("CREATE AGGREGATE pg_temp.deployctl_merge(jsonb) (SFUNC = jsonb_concat, STYPE = jsonb)")
+        conn.execute("CREATE AGGREGATE pg_temp.deployctl_merge(jsonb) (SFUNC = jsonb_concat, STYPE = jsonb)")
 
 
 @dataclass(frozen=True)
@@ -209,23 +211,26 @@ class Shape:
     pk: list[str]
     json: dict[str, str]        # json/jsonb columns and their type
     always_identity: set[str]   # GENERATED ALWAYS AS IDENTITY: never SET by an UPDATE
+    computed: set[str]          # generated columns
 
 
 def _target_shape(conn: psycopg.Connection[Any], schema: str, table: str) -> Shape | None:
     """The target table's shape, or None if it does not exist."""
     rows = conn.execute(
         """SELECT a.attname, COALESCE(a.attnum = ANY(i.indkey), false), a.atttypid::regtype::text,
-                  a.attidentity = 'a'
+                  a.attidentity = 'a', a.attgenerated <> ''
            FROM pg_attribute a
            LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
            WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
-             AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+             AND a.attnum > 0 AND NOT a.attisdropped
            ORDER BY a.attnum""",
         (schema, table)).fetchall()
     if not rows:
         return None
-    return Shape([r[0] for r in rows], [r[0] for r in rows if r[1]],
-                 {r[0]: r[2] for r in rows if r[2] in ("json", "jsonb")}, {r[0] for r in rows if r[3]})
+    writable = [r for r in rows if not r[4]]
+    return Shape([r[0] for r in writable], [r[0] for r in writable if r[1]],
+                 {r[0]: r[2] for r in writable if r[2] in ("json", "jsonb")},
+                 {r[0] for r in writable if r[3]}, {r[0] for r in rows if r[4]})
 
 
 def _mask(table: str, values: dict[str, Any] | None, personal: frozenset[str]) -> dict[str, Any] | None:
@@ -281,67 +286,40 @@ class _Table:
     def _row(self, columns: list[str], keep_target: bool) -> sql.Composable:
         return sql.SQL(", ").join(self._value(c, keep_target) for c in columns)
 
-    def load(self, state: psycopg.Connection[Any], release_id: int, source: str, stored_after: int) -> None:
-        """The net changes of `source` from the journal into a temp table here, mapped to the target."""
-        self.conn.execute("DROP TABLE IF EXISTS replay_rows")
-        self.conn.execute("CREATE TEMP TABLE replay_rows (id int PRIMARY KEY, k jsonb, first_op text, "
-                          "old jsonb, final jsonb, src jsonb) ON COMMIT DROP")
-        where = {"rid": sql.Literal(release_id), "after": sql.Literal(stored_after),
-                 "schema": sql.Literal(self.schema), "table": sql.Literal(source)}
+    def load(self, state: psycopg.Connection[Any], release_id: int, sources: list[str],
+             stored_after: int, history: History, target_revision: str | None) -> None:
+        """The changes of `sources` (the target's own name, or the names it had in the new
+        version) from the journal into the target, each mapped from its shape, then folded per
+        key into `replay_rows`."""
+        where = sql.SQL("release_id = {} AND stored > {} AND schema_name = {} AND table_name IN ({})").format(
+            sql.Literal(release_id), sql.Literal(stored_after), sql.Literal(self.schema),
+            sql.SQL(", ").join(map(sql.Literal, sources)))
         truncated = state.execute(sql.SQL(
-            "SELECT pos, seq FROM deployctl.changes WHERE release_id = {rid} AND stored > {after} "
-            "AND schema_name = {schema} AND table_name = {table} AND op = 'truncate' "
-            "ORDER BY pos DESC, seq DESC LIMIT 1").format(**where)).fetchone()
+            "SELECT pos, seq FROM deployctl.changes WHERE {} AND op = 'truncate' "
+            "ORDER BY pos DESC, seq DESC LIMIT 1").format(where)).fetchone()
         if truncated:  # what came before the last TRUNCATE does not matter
             self.conn.execute(sql.SQL("TRUNCATE {}").format(self.ident))
             self.report.truncated = True
-        _merge_aggregate(state)
-        query = sql.SQL(_NET).format(  # type: ignore[arg-type]
-            from_pos=sql.Literal(truncated["pos"] if truncated else -1),
-            from_seq=sql.Literal(truncated["seq"] if truncated else -1), **where)
-        with state.transaction():
-            state.execute(f"SET LOCAL work_mem = '{FOLD_WORK_MEM}'")  # the fold sorts in memory
-            with state.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as out, \
-                    self.conn.cursor().copy("COPY replay_rows FROM STDIN") as into:
-                for data in out:
-                    into.write(data)
-        self._map()
-
-    def _map(self) -> None:
-        """Source names to target names: renames, expressions, and columns the target lacks."""
-        present = {r[0] for r in self.conn.execute(
-            "SELECT DISTINCT jsonb_object_keys(final) FROM replay_rows WHERE final IS NOT NULL")}
-        taken = {col: self.sources.get(col, col) for col in self.columns if col not in self.expressions}
-        renames = {src: col for col, src in taken.items() if src != col and src in present}
-        drops = sorted(present - set(taken.values()))
-        if drops:
-            counts = self.conn.execute(sql.SQL("SELECT {} FROM replay_rows").format(sql.SQL(", ").join(
-                sql.SQL("count(*) FILTER (WHERE final ? {c} AND final -> {c} <> 'null')").format(
-                    c=sql.Literal(c)) for c in drops))).fetchone()
-            for col, n in zip(drops, counts or (), strict=True):
-                # A value the expressions read is used, not dropped.
-                if n and not any(col in expr for expr in self.expressions.values()):
-                    self.report.dropped_columns[col] += n
-        if self.expressions:
-            self.conn.execute("UPDATE replay_rows SET src = final")
-        if drops or renames:
-            gone = sql.Literal(drops + sorted(renames))
-            def mapped(part: str) -> sql.Composable:
-                renamed = sql.SQL(" || ").join(
-                    sql.SQL("CASE WHEN {p} ? {s} THEN jsonb_build_object({d}, {p} -> {s}) "
-                            "ELSE '{{}}' END").format(p=sql.Identifier(part), s=sql.Literal(src),
-                                                      d=sql.Literal(dst))
-                    for src, dst in renames.items()) if renames else sql.SQL("'{}'::jsonb")
-                return sql.SQL("({p} - {gone}::text[]) || {renamed}").format(
-                    p=sql.Identifier(part), gone=gone, renamed=renamed)
-            self.conn.execute(sql.SQL("UPDATE replay_rows SET k = {}, old = {}, final = {}").format(
-                mapped("k"), mapped("old"), mapped("final")))
-        for col, expr in self.expressions.items():
-            # Playbook expressions see the new version's row as jsonb `new`.
-            self.conn.execute(sql.SQL(
-                "UPDATE replay_rows r SET final = r.final || jsonb_build_object({}, "
-                "(SELECT ({}) FROM (SELECT r.src AS new) s)) WHERE r.final IS NOT NULL").format(
-                    sql.Literal(col), sql.SQL(expr)))  # type: ignore[arg-type]
+        after = (truncated["pos"], truncated["seq"]) if isinstance(truncated, dict) else truncated or (-1, -1)
+        self.conn.execute("DROP TABLE IF EXISTS replay_changes")
+        self.conn.execute("CREATE TEMP TABLE replay_changes (pos bigint, seq int, op text, key jsonb, "
+                          "new jsonb, old jsonb, unchanged text[]) ON COMMIT DROP")
+        with state.cursor().copy(sql.SQL(
+                "COPY (SELECT pos, seq, op, key, new, old, unchanged FROM deployctl.changes "
+                "WHERE {} AND (pos, seq) > ({}, {}) AND op <> 'truncate') TO STDOUT").format(
+                    where, sql.Literal(after[0]), sql.Literal(after[1]))) as out, \
+                self.conn.cursor().copy("COPY replay_changes FROM STDIN") as into:
+            for data in out:
+                into.write(data)
+        mapper = shapes.Mapper(self.target, self.columns, self.pk, self.shape.computed,
+                               self.sources, self.expressions)
+        self.report.dropped_columns.update(mapper.map(self.conn, history, target_revision))
+        self.conn.execute("DROP TABLE IF EXISTS replay_rows")
+        self.conn.execute("CREATE TEMP TABLE replay_rows (id int PRIMARY KEY, k jsonb, first_op text, "
+                          "old jsonb, final jsonb) ON COMMIT DROP")
+        _merge_aggregate(self.conn)
+        self.conn.execute(f"SET LOCAL work_mem = '{FOLD_WORK_MEM}'")  # the fold sorts in memory
+        self.conn.execute(_NET)
 
     def stage(self) -> None:
         """The rows' values in the target's types, converted once (`replay_typed`)."""
@@ -478,23 +456,28 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
     """Replay the delta of `release_id` (from the journal at `state`) into `target_dsn`;
     `stored_after` limits it to what reached the journal after that point (a restore's tail)."""
     report = Report(release_id, options.dry_run)
-    tables = state.execute(
+    counted = state.execute(
         """SELECT schema_name, table_name, count(*) FROM deployctl.changes
            WHERE release_id = %s AND stored > %s GROUP BY 1, 2 ORDER BY 1, 2""",
         (release_id, stored_after)).fetchall()
+    # A table's changes land in one target table, whatever it was called when they were made.
+    groups: dict[tuple[str, str], dict[str, int]] = {}
+    for row in counted:
+        schema, source, count = tuple(row.values()) if isinstance(row, dict) else row
+        target = options.tables.get(source, TableMap()).target or source
+        groups.setdefault((schema, target), {})[source] = count
     side_effects: list[dict[str, Any]] = []
     written: list[_Table] = []
     with psycopg.connect(target_dsn) as conn:
         try:
             _session_setup(conn)
-            total = sum(r["count"] if isinstance(r, dict) else r[2] for r in tables)
+            revision = _revision(conn, options.history)
             with progress.watching("replay", lambda: sum(t.changes for t in report.tables.values()),
-                                   total, unit="changes"):
-                for row in tables:
-                    schema, source, count = (row["schema_name"], row["table_name"], row["count"]) if (
-                        isinstance(row, dict)) else row
-                    table = _one_table(conn, state, release_id, (schema, source), count, options, report,
-                                       side_effects, stored_after)
+                                   sum(row[-1] if not isinstance(row, dict) else row["count"]
+                                       for row in counted), unit="changes"):
+                for (schema, target), sources in sorted(groups.items()):
+                    table = _one_table(conn, state, release_id, schema, target, sources, options,
+                                       report, side_effects, stored_after, revision)
                     if table is not None:
                         written.append(table)
             if report.conflicts and options.on_conflict == "fail":
@@ -520,27 +503,41 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
     return report
 
 
+def _revision(conn: psycopg.Connection[Any], history: History) -> str | None:
+    """The target's Alembic revision: changes captured at it are in its shape already. A
+    database without Alembic's table is taken to be at the capture's base revision."""
+    if conn.execute("SELECT to_regclass('alembic_version') IS NULL").fetchone()[0]:  # type: ignore[index]
+        return history.base
+    heads = [r[0] for r in conn.execute("SELECT version_num FROM alembic_version").fetchall()]
+    return ",".join(sorted(heads)) or None
+
+
 def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
-               name: tuple[str, str], count: int, options: Options, report: Report,
-               side_effects: list[dict[str, Any]], stored_after: int) -> _Table | None:
-    """Replay one source table's changes; the table if it wrote rows whose sequences may move."""
-    schema, source = name
-    mapping = options.tables.get(source, TableMap())
-    target = mapping.target or source
-    table_report = report.tables.setdefault(source, TableReport(source, count))
-    if source in options.side_effects or target in options.side_effects:
-        table_report.side_effect = True
-        side_effects.extend(changes(state, release_id, stored_after, (schema, source)))
+               schema: str, target: str, sources: dict[str, int], options: Options, report: Report,
+               side_effects: list[dict[str, Any]], stored_after: int, revision: str | None
+               ) -> _Table | None:
+    """Replay the changes of `sources` (with their counts) into `target`; the table if it wrote
+    rows whose sequences may move."""
+    if target in options.side_effects or options.side_effects & sources.keys():
+        report.tables.setdefault(target, TableReport(target, sum(sources.values()))).side_effect = True
+        for source in sources:
+            side_effects.extend(changes(state, release_id, stored_after, (schema, source)))
         return None
     shape = _target_shape(conn, schema, target)
     if shape is None:
-        table_report.missing = True
+        for source, count in sources.items():  # kept in the delta under the names it has there
+            report.tables.setdefault(source, TableReport(source, count)).missing = True
         return None
+    table_report = report.tables.setdefault(target, TableReport(target))
+    table_report.changes += sum(sources.values())
     if not shape.pk:  # cannot be matched row by row: kept in the delta, reported
         table_report.no_key = True
         return None
-    table = _Table(conn, schema, target, shape, mapping, table_report, options.json_as_text)
-    table.load(state, release_id, source, stored_after)
+    columns = {col: spec for source in sources
+               for col, spec in options.tables.get(source, TableMap()).columns.items()}
+    table = _Table(conn, schema, target, shape, TableMap(target, columns), table_report,
+                   options.json_as_text)
+    table.load(state, release_id, sorted(sources), stored_after, options.history, revision)
     return table if _replay_table(table, report, options) else None
 
 
