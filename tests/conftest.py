@@ -14,8 +14,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,11 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 from pytest_postgresql.janitor import DatabaseJanitor
 
+from deployctl import engine, steps
+from deployctl.journal import Journal
 from deployctl.localpg import LocalCluster
+from deployctl.playbook import load
+from deployctl.steps import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 SOCIAL = ROOT / "examples" / "social"
@@ -56,6 +61,17 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cluster = LocalCluster(tmp_path_factory.mktemp("pg"))
     yield cluster.start()
     cluster.destroy()
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float = 60) -> Any:
+    """Poll `condition` until it is true (returns its value); fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
 
 
 def free_port() -> int:
@@ -219,3 +235,41 @@ def seed(world: Env, users: int = 10, messages: int = 30) -> None:
     subprocess.run([sys.executable, str(SOCIAL / "app.py"), "seed", "--users", str(users),
                     "--messages", str(messages)], env={**os.environ, "DATABASE_URL": world.app_dsn},
                    check=True, capture_output=True)
+
+
+# -- capture: a release's snapshot step, for tests of the delta ---------------------------------
+
+@pytest.fixture
+def world(env: Env) -> Iterator[Env]:
+    """The test's databases; their replication slots are dropped after it (a database that
+    holds a slot cannot be dropped)."""
+    yield env
+    with env.connect("postgres") as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                     "WHERE database LIKE %s AND NOT active", (f"{env.dbname}%",))
+
+
+@pytest.fixture
+def journal(world: Env) -> Iterator[Journal]:
+    with Journal(world.state_dsn) as opened:
+        yield opened
+
+
+def new_release(env: Env, journal: Journal, mode: str = "logical", **changes: Any) -> Run:
+    """A release row for a fresh playbook, as `engine.release` creates it, and its Run."""
+    path = env.playbook("2", capture={"mode": mode}, **changes)
+    pb = load(path)
+    live = journal.live(pb.app)
+    rid = journal.create_release(
+        app=pb.app, version=pb.version, from_version=live["live_version"] if live else None,
+        playbook_path=str(path.resolve()), playbook_text=pb.source_text, playbook_sha256=pb.sha256)
+    return Run(pb, journal, rid)
+
+
+def start_capture(env: Env, journal: Journal, mode: str = "logical", **changes: Any) -> Run:
+    """The release's snapshot step: capture first, then the dump on an exported snapshot."""
+    run = new_release(env, journal, mode, **changes)
+    engine._step(run, "snapshot", steps.take_snapshot)
+    found = journal.capture(run.release_id)
+    assert found is not None and found["mode"] == mode and found["status"] == "active"
+    return run

@@ -19,7 +19,6 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from deployctl import delta, engine, steps
+from deployctl import delta
 from deployctl.db import capture, pgoutput, replay, restore
 from deployctl.db.capture import XidSnapshot
 from deployctl.errors import StepFailed
 from deployctl.journal import Journal, with_dbname
-from deployctl.playbook import load
 from deployctl.steps import Run
-from tests.conftest import Env, migrate_to, seed
+from tests.conftest import Env, migrate_to, seed, start_capture
 
 pytestmark = pytest.mark.integration
 
@@ -42,42 +40,6 @@ MODES = ["logical", "trigger"]
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-@pytest.fixture
-def world(env: Env) -> Iterator[Env]:
-    """The test's databases; their replication slots are dropped after it (a database that
-    holds a slot cannot be dropped)."""
-    yield env
-    with env.connect("postgres") as conn:
-        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                     "WHERE database LIKE %s AND NOT active", (f"{env.dbname}%",))
-
-
-@pytest.fixture
-def journal(world: Env) -> Iterator[Journal]:
-    with Journal(world.state_dsn) as opened:
-        yield opened
-
-
-def new_release(env: Env, journal: Journal, mode: str = "logical", **changes: Any) -> Run:
-    """A release row for a fresh playbook, as `engine.release` creates it, and its Run."""
-    path = env.playbook("2", capture={"mode": mode}, **changes)
-    pb = load(path)
-    live = journal.live(pb.app)
-    rid = journal.create_release(
-        app=pb.app, version=pb.version, from_version=live["live_version"] if live else None,
-        playbook_path=str(path.resolve()), playbook_text=pb.source_text, playbook_sha256=pb.sha256)
-    return Run(pb, journal, rid)
-
-
-def start_capture(env: Env, journal: Journal, mode: str = "logical", **changes: Any) -> Run:
-    """The release's snapshot step: capture first, then the dump on an exported snapshot."""
-    run = new_release(env, journal, mode, **changes)
-    engine._step(run, "snapshot", steps.take_snapshot)
-    found = journal.capture(run.release_id)
-    assert found is not None and found["mode"] == mode and found["status"] == "active"
-    return run
-
 
 def drain(run: Run) -> capture.Drained:
     drained = delta.drain(run.journal, run.pb, run.release_id)

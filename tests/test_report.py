@@ -18,8 +18,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC
 from html.parser import HTMLParser
 from pathlib import Path
@@ -32,7 +30,7 @@ from psycopg.rows import dict_row
 
 from deployctl import report
 from deployctl.journal import Journal
-from tests.conftest import Env, seed
+from tests.conftest import Env, seed, wait_for
 from tests.routers_env import HaproxyEnv
 from tests.test_no_lost_actions import users as social_users
 from tests.test_traffic import GATES, STAFF, Users, haproxy_fixture, released_v1, routed  # noqa: F401
@@ -54,16 +52,6 @@ def v2_playbook(env: Env, proxy: HaproxyEnv, cohorts: list[dict[str, Any]], fail
                **({"SOCIAL_FAIL": "users"} if fail else {})}
     return routed(env, proxy, "2", gates=GATES, cohorts=cohorts, deploy={"env": app_env},
                   personal=PERSONAL, **changes)
-
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def journal_events(env: Env, rid: int) -> list[dict[str, Any]]:

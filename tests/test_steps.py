@@ -36,7 +36,7 @@ from deployctl.gates import smoke as smoke_checks
 from deployctl.journal import Journal, with_dbname
 from deployctl.playbook import SmokeCheck, load
 from deployctl.steps import Refused, Run
-from tests.conftest import SOCIAL, Env, free_port, migrate_to, seed
+from tests.conftest import SOCIAL, Env, free_port, migrate_to, seed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -155,15 +155,6 @@ def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, An
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     return thread, box
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 # -- preflight -----------------------------------------------------------------------------
@@ -309,7 +300,7 @@ def test_snapshot_excludes_rows_committed_after_its_export(env: Env) -> None:
                     "AND wait_event_type = 'Lock'", (env.dbname, holder_pid)).fetchone()
             return bool(row and row[0])
 
-        wait_for(dump_waits_for_the_lock, what="pg_dump to wait for the lock on messages")
+        wait_for("pg_dump to wait for the lock on messages", dump_waits_for_the_lock, timeout=10)
         with env.connect() as writer:  # a transaction that starts after the export
             writer.execute("INSERT INTO users (name, email) VALUES ('Late', 'late@example.com')")
         holder.execute("INSERT INTO messages (user_id, body) SELECT min(id), 'late' FROM users")
