@@ -383,9 +383,12 @@ def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any],
             elif snapshot.visible(txid):
                 transactions[txid] = "in_snapshot"
             else:
+                # For show and export only: replay takes keys from the rows' images, which
+                # outlive a renamed table or key column.
                 key_cols = keys.get((schema, table), [])
                 identity = json.loads(old if old is not None else new or "null", parse_float=Decimal)
-                key = {c: _text(identity.get(c)) for c in key_cols} if identity else None
+                key = ({c: _text(identity[c]) for c in key_cols}
+                       if identity and key_cols and all(c in identity for c in key_cols) else None)
                 batch.append((id_, 0, txid, None, schema, table, op, _json(key), new, old, []))
         for kind in transactions.values():
             setattr(seen, kind, getattr(seen, kind) + 1)

@@ -138,9 +138,20 @@ class Mapper:
         conn.execute("DROP TABLE IF EXISTS replay_mapped")
         conn.execute(sql.SQL(
             "CREATE TEMP TABLE replay_mapped ON COMMIT DROP AS "
-            "SELECT r.pos, r.seq, r.op, {key} AS key, {new} AS new, {old} AS old, "
-            "r.new AS captured, r.unchanged, {own} AS own FROM replay_changes r").format(
+            "SELECT r.pos, r.seq, r.op, NULL::jsonb AS key, {new} AS new, {old} AS old, "
+            "{key} AS captured_key, r.new AS captured, r.unchanged, {own} AS own "
+            "FROM replay_changes r").format(
                 key=mapped["key"], new=mapped["new"], old=mapped["old"], own=own))
+        # The key, as text, in the target's names: from the full old image where there is one,
+        # else the captured key (a key-only old tuple), else the new image (an insert).
+        def key_of(image: str) -> sql.Composable:
+            return sql.SQL("(SELECT CASE WHEN count(*) = {n} THEN jsonb_object_agg(c, {i} ->> c) END "
+                           "FROM unnest({pk}::text[]) c WHERE {i} ? c)").format(
+                               n=sql.Literal(len(self.pk)), i=sql.Identifier(image),
+                               pk=sql.Literal(self.pk))
+        conn.execute(sql.SQL(
+            "UPDATE replay_mapped SET key = COALESCE({}, {}, {})").format(
+                key_of("old"), key_of("captured_key"), key_of("new")))
         known = sql.Literal(sorted(set(self.columns) | self.computed))
         consumed = sql.Literal(sorted(self._consumed()))
         self._refuse_lost(conn, known, consumed)

@@ -85,7 +85,7 @@ class Users:
 
     dsn: str
     case: ModuleType
-    acked: list[tuple[str, Action]] = field(default_factory=list)
+    acked: list[tuple[str, str, Action]] = field(default_factory=list)  # phase, revision, action
     attempted: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -94,9 +94,17 @@ class Users:
             self.attempted += 1
             return Action(kind, key, self.attempted)
 
-    def ack(self, phase: str, action: Action) -> None:
+    def ack(self, phase: str, revision: str, action: Action) -> None:
         with self.lock:
-            self.acked.append((phase, action))
+            self.acked.append((phase, revision, action))
+
+    def in_old_schema(self, conn: psycopg.Connection[Any], revision: str, action: Action) -> None:
+        """What `action`, acknowledged on `revision`, does in the old schema (the case's
+        EQUIVALENT, else the same action in the old version's SQL)."""
+        first = min(self.case.ACTIONS)
+        spec = getattr(self.case, "EQUIVALENT", {}).get(revision, self.case.ACTIONS[first])[action.kind]
+        for statement in [spec] if isinstance(spec, str) else spec:
+            conn.execute(statement, action.params)
 
     def statements(self, revision: str, action: Action) -> list[str]:
         spec = self.case.ACTIONS[revision][action.kind]
@@ -114,7 +122,7 @@ class Users:
                 conn.commit()
         except psycopg.Error:
             return False  # refused (the old version's SQL on the new schema): never acknowledged
-        self.ack(phase, action)
+        self.ack(phase, revision, action)
         return True
 
     def acts(self, phase: str, revision: str, plan: list[tuple[str, int]]) -> None:
@@ -160,7 +168,7 @@ def migrate_under_load(users: Users, alembic: Alembic, run: Run, step: str, befo
         migration.start()
         wait_for("the migration to wait", lambda: not migration.is_alive() or migration_waits(dsn))
         first.commit()
-        users.ack("during", action)
+        users.ack("during", before, action)
         wait_for("the migration to hold its locks",
                  lambda: not migration.is_alive() or migration_waits(dsn, on_version_table=True))
         assert migration.is_alive(), f"the migration did not wait: {migration.error}"
@@ -251,17 +259,17 @@ def roll_back(run: Run) -> dict[str, Any]:
 def test_a_restore_rollback_keeps_every_acknowledged_action(
         world: Env, journal: Journal, name: str, mode: str) -> None:
     users, oracle, run = run_case(world, journal, name, mode)
-    phases = {phase for phase, _ in users.acked}
+    phases = {phase for phase, _, _ in users.acked}
     assert {"before", "during", "after"} <= phases, f"users acted only {phases}"
 
     result = roll_back(run)
 
-    case, first = users.case, min(users.case.ACTIONS)
+    first = min(users.case.ACTIONS)
     with psycopg.connect(oracle) as conn:
-        for _, action in users.acked:
-            users.write(conn, first, action)
+        for _, revision, action in users.acked:
+            users.in_old_schema(conn, revision, action)
         conn.commit()
-    tables = getattr(case, "TABLES", {"items": "id"})
+    tables = getattr(users.case, "TABLES", {"items": "id"})
     assert table_rows(world.app_dsn, tables) == table_rows(oracle, tables)
     assert result["conflicts"] == 0, result["conflict_list"]
     assert world.revision() == first
