@@ -121,6 +121,19 @@ CREATE TABLE IF NOT EXISTS deployctl.changes (
 -- numbers a change when it is written, so a late commit can carry a lower position.
 ALTER TABLE deployctl.changes ADD COLUMN IF NOT EXISTS stored bigserial;
 
+-- The shapes changes were captured in (logical capture: the Relation in force): the table's
+-- columns, and which of them hold JSON (kept as text in `new` and `old`).
+CREATE TABLE IF NOT EXISTS deployctl.shapes (
+    id           bigserial PRIMARY KEY,
+    release_id   bigint NOT NULL REFERENCES deployctl.releases (id) ON DELETE CASCADE,
+    schema_name  text NOT NULL,
+    table_name   text NOT NULL,
+    columns      text[] NOT NULL,
+    json_columns text[] NOT NULL,
+    UNIQUE (release_id, schema_name, table_name, columns, json_columns)
+);
+ALTER TABLE deployctl.changes ADD COLUMN IF NOT EXISTS shape bigint;
+
 -- Requests from other terminals to a running release (`deployctl promote`, `pause`, …): the
 -- release's process reads them between gate readings.
 CREATE TABLE IF NOT EXISTS deployctl.controls (

@@ -121,27 +121,39 @@ def start(dsn: str, mode: str, name: str, schemas: list[str]) -> None:
 
 
 def install_triggers(conn: psycopg.Connection[Any], schemas: list[str]) -> list[str]:
-    """Capture triggers on every table of `schemas` that lacks them; returns those tables."""
+    """Capture triggers on every table of `schemas` that lacks them; returns those tables.
+
+    A partitioned table's row trigger is cloned onto its partitions by PostgreSQL; a TRUNCATE
+    trigger is not, so every partition gets its own.
+    """
     with conn.transaction():
         conn.execute((SQL_DIR / "capture_triggers.sql").read_text())  # type: ignore[arg-type]
         missing = conn.execute(
-            """SELECT n.nspname, c.relname FROM pg_class c
-               JOIN pg_namespace n ON n.oid = c.relnamespace
+            """SELECT n.nspname, c.relname,
+                      NOT c.relispartition AND NOT EXISTS (SELECT 1 FROM pg_trigger t
+                          WHERE t.tgrelid = c.oid AND t.tgname = 'deployctl_capture_row'),
+                      NOT EXISTS (SELECT 1 FROM pg_trigger t
+                          WHERE t.tgrelid = c.oid AND t.tgname = 'deployctl_capture_truncate')
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s)
-                 AND NOT EXISTS (SELECT 1 FROM pg_trigger t
-                                 WHERE t.tgrelid = c.oid AND t.tgname = 'deployctl_capture_row')""",
+               ORDER BY c.relispartition, 1, 2""",
             (schemas,),
         ).fetchall()
-        for schema, table in missing:
+        added = []
+        for schema, table, row_trigger, truncate_trigger in missing:
             target = sql.Identifier(schema, table)
-            conn.execute(sql.SQL(
-                "CREATE TRIGGER deployctl_capture_row AFTER INSERT OR UPDATE OR DELETE ON {} "
-                "FOR EACH ROW EXECUTE FUNCTION deployctl_capture.record_row()").format(target))
-            conn.execute(sql.SQL(
-                "CREATE TRIGGER deployctl_capture_truncate AFTER TRUNCATE ON {} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION deployctl_capture.record_truncate()"
-            ).format(target))
-    return [f"{s}.{t}" for s, t in missing]
+            if row_trigger:
+                conn.execute(sql.SQL(
+                    "CREATE TRIGGER deployctl_capture_row AFTER INSERT OR UPDATE OR DELETE ON {} "
+                    "FOR EACH ROW EXECUTE FUNCTION deployctl_capture.record_row()").format(target))
+            if truncate_trigger:
+                conn.execute(sql.SQL(
+                    "CREATE TRIGGER deployctl_capture_truncate AFTER TRUNCATE ON {} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION deployctl_capture.record_truncate()"
+                ).format(target))
+            if row_trigger or truncate_trigger:
+                added.append(f"{schema}.{table}")
+    return added
 
 
 def stop(dsn: str, name: str) -> None:
@@ -227,7 +239,7 @@ def _rows_of(tx: pgoutput.Transaction) -> Iterator[tuple[Any, ...]]:
             # A key-only old tuple is just the key: keep `old` for full row images only.
             yield (tx.commit_lsn, seq, tx.xid, tx.commit_time, relation.schema, relation.name,
                    change.op, _json(key), _json(new),
-                   _json(old) if not change.old_is_key else None, unchanged)
+                   _json(old) if not change.old_is_key else None, unchanged, _shape(relation))
             seq += 1
 
 
@@ -235,17 +247,48 @@ def _json(value: dict[str, Any] | None) -> Jsonb | None:
     return Jsonb(value) if value is not None else None
 
 
-def _store(state: psycopg.Connection[Any], release_id: int, rows: Iterable[tuple[Any, ...]]) -> int:
-    """Copy rows into the journal, skipping those it has (a resent batch after a crash)."""
+JSON_TYPES = (114, 3802)  # json, jsonb
+
+ShapeKey = tuple[str, str, tuple[str, ...], tuple[str, ...]]
+
+
+def _shape(relation: pgoutput.Relation) -> ShapeKey:
+    """The shape a change was captured in: its table's columns, and which hold JSON (logical
+    capture keeps those as text, so that replay can read them as JSON where it must)."""
+    return (relation.schema, relation.name, tuple(c.name for c in relation.columns),
+            tuple(c.name for c in relation.columns if c.type_oid in JSON_TYPES))
+
+
+def _shape_ids(state: psycopg.Connection[Any], release_id: int, keys: set[ShapeKey]) -> dict[ShapeKey, int]:
+    ids = {}
+    for key in keys:
+        row = state.execute(
+            """WITH added AS (
+                   INSERT INTO deployctl.shapes (release_id, schema_name, table_name, columns, json_columns)
+                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id)
+               SELECT id FROM added UNION ALL
+               SELECT id FROM deployctl.shapes WHERE (release_id, schema_name, table_name, columns,
+                                                      json_columns) = (%s, %s, %s, %s, %s)""",
+            (release_id, *key[:2], list(key[2]), list(key[3]),
+             release_id, *key[:2], list(key[2]), list(key[3]))).fetchone()
+        assert row is not None
+        ids[key] = row[0] if isinstance(row, tuple) else row["id"]
+    return ids
+
+
+def _store(state: psycopg.Connection[Any], release_id: int, rows: list[tuple[Any, ...]]) -> int:
+    """Copy rows (their last field: the shape, or None) into the journal, skipping those it has
+    (a resent batch after a crash)."""
     state.execute(
         """CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE deployctl.changes INCLUDING DEFAULTS)
            ON COMMIT DELETE ROWS""")
     columns = ("release_id", "pos", "seq", "xid", "committed_at", "schema_name", "table_name",
-               "op", "key", "new", "old", "unchanged")
+               "op", "key", "new", "old", "unchanged", "shape")
+    shapes = _shape_ids(state, release_id, {row[-1] for row in rows if row[-1] is not None})
     with state.cursor().copy(sql.SQL("COPY incoming ({}) FROM STDIN").format(
             sql.SQL(", ").join(map(sql.Identifier, columns)))) as copy:
         for row in rows:
-            copy.write_row((release_id, *row))
+            copy.write_row((release_id, *row[:-1], shapes.get(row[-1])))
     cur = state.execute("INSERT INTO deployctl.changes SELECT * FROM incoming ON CONFLICT DO NOTHING")
     return cur.rowcount
 
@@ -389,7 +432,8 @@ def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any],
                 identity = json.loads(old if old is not None else new or "null", parse_float=Decimal)
                 key = ({c: _text(identity[c]) for c in key_cols}
                        if identity and key_cols and all(c in identity for c in key_cols) else None)
-                batch.append((id_, 0, txid, None, schema, table, op, _json(key), new, old, []))
+                # A trigger row's JSON values are JSON already: its shape is its own keys.
+                batch.append((id_, 0, txid, None, schema, table, op, _json(key), new, old, [], None))
         for kind in transactions.values():
             setattr(seen, kind, getattr(seen, kind) + 1)
         _record(state, release_id, batch, seen, rows[-1][0], migrated)

@@ -291,11 +291,12 @@ class _Table:
         """The changes of `sources` (the target's own name, or the names it had in the new
         version) from the journal into the target, each mapped from its shape, then folded per
         key into `replay_rows`."""
-        where = sql.SQL("release_id = {} AND stored > {} AND schema_name = {} AND table_name IN ({})").format(
+        where = sql.SQL("c.release_id = {} AND c.stored > {} AND c.schema_name = {} "
+                        "AND c.table_name IN ({})").format(
             sql.Literal(release_id), sql.Literal(stored_after), sql.Literal(self.schema),
             sql.SQL(", ").join(map(sql.Literal, sources)))
         truncated = state.execute(sql.SQL(
-            "SELECT pos, seq FROM deployctl.changes WHERE {} AND op = 'truncate' "
+            "SELECT pos, seq FROM deployctl.changes c WHERE {} AND op = 'truncate' "
             "ORDER BY pos DESC, seq DESC LIMIT 1").format(where)).fetchone()
         if truncated:  # what came before the last TRUNCATE does not matter
             self.conn.execute(sql.SQL("TRUNCATE {}").format(self.ident))
@@ -303,10 +304,12 @@ class _Table:
         after = (truncated["pos"], truncated["seq"]) if isinstance(truncated, dict) else truncated or (-1, -1)
         self.conn.execute("DROP TABLE IF EXISTS replay_changes")
         self.conn.execute("CREATE TEMP TABLE replay_changes (pos bigint, seq int, op text, key jsonb, "
-                          "new jsonb, old jsonb, unchanged text[]) ON COMMIT DROP")
+                          "new jsonb, old jsonb, unchanged text[], json_columns text[]) ON COMMIT DROP")
         with state.cursor().copy(sql.SQL(
-                "COPY (SELECT pos, seq, op, key, new, old, unchanged FROM deployctl.changes "
-                "WHERE {} AND (pos, seq) > ({}, {}) AND op <> 'truncate') TO STDOUT").format(
+                "COPY (SELECT c.pos, c.seq, c.op, c.key, c.new, c.old, c.unchanged, "
+                "COALESCE(s.json_columns, '{{}}') FROM deployctl.changes c "
+                "LEFT JOIN deployctl.shapes s ON s.id = c.shape "
+                "WHERE {} AND (c.pos, c.seq) > ({}, {}) AND c.op <> 'truncate') TO STDOUT").format(
                     where, sql.Literal(after[0]), sql.Literal(after[1]))) as out, \
                 self.conn.cursor().copy("COPY replay_changes FROM STDIN") as into:
             for data in out:

@@ -109,11 +109,14 @@ class Mapper:
                 "WHEN {i} ? {c} THEN jsonb_build_object({c}, {i} -> {c}) ELSE '{{}}' END").format(
                     i=img, s=sql.Literal(src), c=sql.Literal(col)))
         for col, expr in expressions.items():
-            # Playbook expressions see the row as jsonb `new` (the image being mapped).
+            # Playbook expressions see the row as jsonb `new` (the image being mapped), its
+            # JSON columns as JSON whatever the capture kept them as.
             parts.append(sql.SQL(
                 "CASE WHEN {i} ? {c} AND NOT {head} THEN jsonb_build_object({c}, {i} -> {c}) "
                 "WHEN {c} = ANY(r.unchanged) THEN '{{}}' "
-                "ELSE jsonb_build_object({c}, (SELECT ({e}) FROM (SELECT {i} AS new) s)) END").format(
+                "ELSE jsonb_build_object({c}, (SELECT ({e}) FROM (SELECT {i} || COALESCE("
+                "(SELECT jsonb_object_agg(j, ({i} ->> j)::jsonb) FROM unnest(r.json_columns) j "
+                "WHERE {i} ->> j IS NOT NULL), '{{}}') AS new) s)) END").format(
                     i=img, c=sql.Literal(col), head=head, e=sql.SQL(expr)))  # type: ignore[arg-type]
         return sql.SQL(" || ").join(parts)
 
