@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import set_json_loads
+from psycopg.types.json import Jsonb, set_json_loads
 
 from deployctl import progress
 from deployctl.db import shapes
@@ -166,14 +166,15 @@ def changes(state: psycopg.Connection[Any], release_id: int, stored_after: int =
 
 # The net effect of a table's mapped changes per key, folded in the target. An UPDATE that
 # changes the key is a DELETE of the old key and an INSERT of the new one. A row's final values
-# merge its changes in order (so a TOASTed value an update left out keeps the value known
-# before); every change is in the target's shape by now. One sort serves every window of a
-# key; its first row carries the result.
-_NET = """
+# merge its changes since the key's last DELETE, in order (so a TOASTed value an update left out
+# keeps the value known before); every change is in the target's shape by now. One sort serves
+# every window of a key; its first row carries the result.
+_NEW_KEY = sql.SQL("(SELECT jsonb_object_agg(k, new ->> k) FROM jsonb_object_keys(key) k)")
+_ORDER = sql.SQL("pos::numeric * 8589934592 + seq * 2")   # (pos, seq) as one number
+_NET = sql.SQL("""
 WITH raw AS (
     SELECT pos, seq, op, key, new, old,
-           CASE WHEN op = 'update' AND NOT new @> key
-                THEN (SELECT jsonb_object_agg(k, new ->> k) FROM jsonb_object_keys(key) k) END AS new_key
+           CASE WHEN op = 'update' AND NOT new @> key THEN {new_key} END AS new_key
     FROM replay_mapped),
 steps AS (
     SELECT pos, seq, 0 AS part, op, key, new, old FROM raw WHERE new_key IS NULL OR new_key = key
@@ -181,18 +182,40 @@ steps AS (
     SELECT pos, seq, 0, 'delete', key, NULL, old FROM raw WHERE new_key <> key
     UNION ALL
     SELECT pos, seq, 1, 'insert', new_key, new, NULL FROM raw WHERE new_key <> key),
+ordered AS (
+    SELECT *, {order} + part AS ord,
+           max(CASE WHEN op = 'delete' THEN {order} + part END) OVER (PARTITION BY key) AS last_delete
+    FROM steps),
 per_key AS (
     SELECT key, row_number() OVER w AS n, first_value(op) OVER w AS first_op,
            first_value(old) OVER w AS first_old, last_value(op) OVER w AS last_op,
-           pg_temp.deployctl_merge(new) OVER w AS merged
-    FROM steps
+           pg_temp.deployctl_merge(new) FILTER (WHERE last_delete IS NULL OR ord > last_delete)
+               OVER w AS merged
+    FROM ordered
     WINDOW w AS (PARTITION BY key ORDER BY pos, seq, part
                  ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))
 INSERT INTO replay_rows
 SELECT (row_number() OVER ()) - 1, key, first_op, first_old,
        CASE WHEN last_op = 'delete' THEN NULL ELSE merged END
 FROM per_key WHERE n = 1
-"""
+""").format(new_key=_NEW_KEY, order=_ORDER)
+
+# A row moved to another key by an update that left columns out (TOASTed values it did not
+# change, or columns its shape lacks) keeps those columns' values from its old key: from the
+# delta's changes of that key since its last DELETE, else from the target's row.
+_BEFORE_MOVE = sql.SQL("""
+WITH m AS (
+    SELECT {order} AS ord, op, key, new, CASE WHEN op = 'update' THEN {new_key} END AS new_key
+    FROM replay_mapped WHERE (pos, seq) < ({pos}, {seq})),
+touching AS (
+    SELECT ord, new, op = 'delete' OR (op = 'update' AND key = {key} AND new_key <> key) AS gone
+    FROM m WHERE key = {key} OR new_key = {key}),
+last_gone AS (SELECT max(ord) AS ord FROM touching WHERE gone)
+SELECT (SELECT ord IS NULL FROM last_gone),
+       (SELECT pg_temp.deployctl_merge(new ORDER BY ord) FROM touching
+        WHERE NOT gone AND ord > COALESCE((SELECT ord FROM last_gone), -1))
+""").format(new_key=_NEW_KEY, order=_ORDER, pos=sql.Placeholder("pos"), seq=sql.Placeholder("seq"),
+            key=sql.Placeholder("key"))
 
 
 def _merge_aggregate(conn: psycopg.Connection[Any]) -> None:
@@ -321,8 +344,32 @@ class _Table:
         self.conn.execute("CREATE TEMP TABLE replay_rows (id int PRIMARY KEY, k jsonb, first_op text, "
                           "old jsonb, final jsonb) ON COMMIT DROP")
         _merge_aggregate(self.conn)
+        self._carry_into_moved_rows()
         self.conn.execute(f"SET LOCAL work_mem = '{FOLD_WORK_MEM}'")  # the fold sorts in memory
         self.conn.execute(_NET)
+
+    def _carry_into_moved_rows(self) -> None:
+        """See `_BEFORE_MOVE`. Rare: one query per such row, in commit order (a row moved twice
+        carries what its first move brought)."""
+        moved = self.conn.execute(sql.SQL(
+            "SELECT pos, seq, key FROM replay_mapped WHERE op = 'update' AND NOT new @> key "
+            "AND {} <> key AND EXISTS (SELECT FROM unnest({}::text[]) c WHERE NOT new ? c) "
+            "ORDER BY pos, seq").format(_NEW_KEY, sql.Literal(self.columns))).fetchall()
+        key_match = sql.SQL(" AND ").join(
+            sql.SQL("{t}.{c} = {k}.{c}").format(t=_T, k=_P, c=sql.Identifier(c)) for c in self.pk)
+        for pos, seq, key in moved:
+            from_target, merged = self.conn.execute(
+                _BEFORE_MOVE, {"pos": pos, "seq": seq, "key": Jsonb(key)}).fetchone()  # type: ignore[misc]
+            before = merged or {}
+            if from_target:
+                row = self.conn.execute(sql.SQL(
+                    "SELECT to_jsonb({t}) FROM {tbl} AS {t}, jsonb_populate_record(NULL::{tbl}, %s) {k} "
+                    "WHERE {match}").format(t=_T, k=_P, tbl=self.ident, match=key_match),
+                    (Jsonb(key),)).fetchone()
+                before = {**(row[0] if row else {}), **before}
+            self.conn.execute(
+                "UPDATE replay_mapped SET new = %s || new WHERE pos = %s AND seq = %s",
+                (Jsonb({c: v for c, v in before.items() if c in self.columns}), pos, seq))
 
     def stage(self) -> None:
         """The rows' values in the target's types, converted once (`replay_typed`)."""
