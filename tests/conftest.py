@@ -92,11 +92,12 @@ def require(program: str) -> str:
     pytest.skip(reason)
 
 
-def _dsn(server: str, dbname: str) -> str:
-    """A postgresql:// URL (what Alembic's env.py expects) for `dbname` on the server."""
+def _dsn(server: str, dbname: str, user: str | None = None) -> str:
+    """A postgresql:// URL (what Alembic's env.py expects) for `dbname` on the server, as the
+    server's user or as `user` (a role of the trusting test cluster: no password)."""
     params = conninfo_to_dict(server)
-    password = f":{params['password']}" if params.get("password") else ""
-    return (f"postgresql://{params.get('user', 'postgres')}{password}@{params['host']}:"
+    password = f":{params['password']}" if params.get("password") and not user else ""
+    return (f"postgresql://{user or params.get('user', 'postgres')}{password}@{params['host']}:"
             f"{params.get('port', 5432)}/{dbname}")
 
 
@@ -110,21 +111,22 @@ class Env:
     dir: Path
     blue_port: int
     green_port: int
+    user: str | None = None     # a managed role (no superuser) instead of the server's user
 
     @property
     def app_dsn(self) -> str:
-        return _dsn(self.server, self.dbname)
+        return _dsn(self.server, self.dbname, self.user)
 
     @property
     def state_dsn(self) -> str:
-        return _dsn(self.server, self.state_dbname)
+        return _dsn(self.server, self.state_dbname, self.user)
 
     @property
     def workdir(self) -> Path:
         return self.dir / "work"
 
     def connect(self, dbname: str | None = None) -> psycopg.Connection[Any]:
-        return psycopg.connect(_dsn(self.server, dbname or self.dbname), autocommit=True)
+        return psycopg.connect(_dsn(self.server, dbname or self.dbname, self.user), autocommit=True)
 
     def playbook(self, version: str = "2", *, name: str | None = None, **changes: Any) -> Path:
         """Write a playbook for `version` of the sample app; `changes` override sections."""
@@ -204,24 +206,42 @@ def _janitor(server: str, dbname: str) -> DatabaseJanitor:
                            password=params.get("password"))  # type: ignore[arg-type]
 
 
+# What managed PostgreSQL (RDS, Cloud SQL, Azure) gives an application: no superuser.
+MANAGED_ROLE = "LOGIN REPLICATION CREATEDB NOSUPERUSER"
+
+
 @pytest.fixture
-def env(pg_server: str, tmp_path: Path) -> Iterator[Env]:
+def env(pg_server: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """The test's databases, owned by the server's superuser, or (parametrised indirectly with
+    "managed") by a role of its own that has only MANAGED_ROLE's rights."""
     suffix = uuid.uuid4().hex[:8]
-    world = Env(pg_server, f"social_{suffix}", f"state_{suffix}", tmp_path, free_port(), free_port())
+    role = f"owner_{suffix}" if getattr(request, "param", "superuser") == "managed" else None
+    world = Env(pg_server, f"social_{suffix}", f"state_{suffix}", tmp_path, free_port(), free_port(),
+                role)
     world.workdir.mkdir()
     janitors = [_janitor(pg_server, world.dbname), _janitor(pg_server, world.state_dbname)]
     for janitor in janitors:
         janitor.init()
+    ident = psycopg.sql.Identifier
+    if role:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL(f"CREATE ROLE {{}} {MANAGED_ROLE}").format(ident(role)))
+            for name in (world.dbname, world.state_dbname):
+                conn.execute(psycopg.sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    ident(name), ident(role)))
     try:
         yield world
     finally:
         world.stop_apps()
         with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                         "WHERE database LIKE %s AND NOT active", (f"%{suffix}%",))
             leftovers = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
                                      (f"%{suffix}%",)).fetchall()
             for (name,) in leftovers:
-                conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    psycopg.sql.Identifier(name)))
+                conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(name)))
+            if role:
+                conn.execute(psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(ident(role)))
 
 
 def migrate_to(world: Env, revision: str) -> None:

@@ -81,7 +81,8 @@ def _exported_delta(env: Env, release_id: int) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh]
 
 
-@pytest.mark.parametrize("capture", ["logical", "trigger"])
+@pytest.mark.parametrize(("env", "capture"), [
+    ("superuser", "logical"), ("superuser", "trigger"), ("managed", "auto")], indirect=["env"])
 def test_rollback_by_restore_keeps_every_acknowledged_action_of_users_on_both_versions(
         env: Env, capture: str) -> None:
     released = env.cli("release", str(env.playbook("1")))

@@ -17,9 +17,10 @@ classified against the target:
 Conflicts follow the policy (`fail`: nothing is applied; `skip`; `overwrite`). Tables marked as
 external side effects are never replayed: their changes go to a reconciliation file. Columns the
 target lacks are dropped and counted; tables it lacks are reported (the delta keeps them for a
-later replay). Everything runs in one transaction with `session_replication_role = replica`
-(no triggers, no foreign-key order to respect) and replication origin `deployctl`, so a capture
-running on the target does not capture the replay. Sequences are moved past the replayed keys.
+later replay). Every table is planned first, then written in foreign-key order with the
+application's triggers quiet (`constraints`), in one transaction, under replication origin
+`deployctl` where the role may set one, so a capture running on the target does not capture the
+replay. Sequences are moved past the replayed keys.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_loads
 
 from deployctl import progress
-from deployctl.db import shapes
+from deployctl.db import constraints, shapes
 from deployctl.db.capture import ORIGIN
 from deployctl.db.shapes import History
 from deployctl.errors import StepFailed
@@ -441,34 +442,47 @@ class _Table:
                 r=_R, l=sql.Literal(c), t=_T, c=sql.Identifier(c), v=self._typed(c, "old"))
             for c in self.columns)
 
-    def apply(self, overwrite: bool) -> None:
-        """Write the planned rows; conflicting ones only if `overwrite`."""
-        def planned(action: str) -> sql.Composable:
-            return sql.SQL("pl.action = {} AND (pl.conflict IS NULL OR {})").format(
-                sql.Literal(action), sql.Literal(overwrite))
-        rows = sql.SQL("replay_plan pl JOIN replay_rows {r} ON {r}.id = pl.id "
-                       "JOIN replay_typed {p} ON {p}.deployctl_id = pl.id").format(r=_R, p=_P)
+    def keep(self, n: int) -> None:
+        """Keep this table's plan until the writes (the next table reuses the working names)."""
+        self.n = n
+        for name in ("replay_rows", "replay_typed", "replay_plan"):
+            self.conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                sql.Identifier(name), sql.Identifier(f"{name}_{n}")))
+
+    def write(self, action: str, overwrite: bool) -> None:
+        """Write the planned rows of one action; conflicting ones only if `overwrite`."""
+        planned = sql.SQL("pl.action = {} AND (pl.conflict IS NULL OR {})").format(
+            sql.Literal(action), sql.Literal(overwrite))
+        rows = sql.SQL("{plan} pl JOIN {rows} {r} ON {r}.id = pl.id "
+                       "JOIN {typed} {p} ON {p}.deployctl_id = pl.id").format(
+                           r=_R, p=_P, plan=sql.Identifier(f"replay_plan_{self.n}"),
+                           rows=sql.Identifier(f"replay_rows_{self.n}"),
+                           typed=sql.Identifier(f"replay_typed_{self.n}"))
         match = self._key_match()
-        self.conn.execute(sql.SQL("DELETE FROM {tbl} AS {t} USING {rows} WHERE {planned} AND {match}").format(
-            tbl=self.ident, t=_T, rows=rows, planned=planned("delete"), match=match))
-        settable = [c for c in self.columns if c not in self.shape.always_identity]
-        assignments = sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(c), self._value(c, keep_target=True)) for c in settable)
-        self.conn.execute(sql.SQL(
-            "UPDATE {tbl} AS {t} SET {set} FROM {rows} WHERE {planned} AND {match}").format(
-            tbl=self.ident, t=_T, rows=rows, planned=planned("update"), match=match, set=assignments))
-        # Rows with different column sets insert apart, so absent columns get their defaults.
-        keys = sql.SQL("ARRAY(SELECT jsonb_object_keys({r}.final))").format(r=_R)
-        shapes = self.conn.execute(sql.SQL("SELECT DISTINCT {keys} FROM {rows} WHERE {planned}").format(
-            keys=keys, rows=rows, planned=planned("insert"))).fetchall()
-        for (present,) in shapes:
-            cols = [c for c in self.columns if c in present]
+        if action == "delete":
+            self.conn.execute(sql.SQL("DELETE FROM {tbl} AS {t} USING {rows} WHERE {planned} AND {match}"
+                                      ).format(tbl=self.ident, t=_T, rows=rows, planned=planned, match=match))
+        elif action == "update":
+            settable = [c for c in self.columns if c not in self.shape.always_identity]
+            assignments = sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(c), self._value(c, keep_target=True))
+                for c in settable)
             self.conn.execute(sql.SQL(
-                "INSERT INTO {tbl} ({cols}) OVERRIDING SYSTEM VALUE SELECT {row} FROM {rows} "
-                "WHERE {planned} AND {keys} = %s::text[]").format(
-                    tbl=self.ident, cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                    row=self._row(cols, keep_target=False), rows=rows, planned=planned("insert"), keys=keys),
-                (present,))
+                "UPDATE {tbl} AS {t} SET {set} FROM {rows} WHERE {planned} AND {match}").format(
+                tbl=self.ident, t=_T, rows=rows, planned=planned, match=match, set=assignments))
+        else:
+            # Rows with different column sets insert apart, so absent columns get their defaults.
+            keys = sql.SQL("ARRAY(SELECT jsonb_object_keys({r}.final))").format(r=_R)
+            shapes = self.conn.execute(sql.SQL("SELECT DISTINCT {keys} FROM {rows} WHERE {planned}").format(
+                keys=keys, rows=rows, planned=planned)).fetchall()
+            for (present,) in shapes:
+                cols = [c for c in self.columns if c in present]
+                self.conn.execute(sql.SQL(
+                    "INSERT INTO {tbl} ({cols}) OVERRIDING SYSTEM VALUE SELECT {row} FROM {rows} "
+                    "WHERE {planned} AND {keys} = %s::text[]").format(
+                        tbl=self.ident, cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                        row=self._row(cols, keep_target=False), rows=rows, planned=planned, keys=keys),
+                    (present,))
 
     def fix_sequences(self) -> None:
         for col, seq in self.conn.execute(
@@ -484,21 +498,22 @@ class _Table:
                     col=sql.Identifier(col), tbl=self.ident), (seq, seq))
 
 
-def _session_setup(conn: psycopg.Connection[Any]) -> None:
-    """No triggers, no FK order, and a replication origin, where this role may set them."""
+def _session_setup(conn: psycopg.Connection[Any]) -> bool:
+    """Replication origin `deployctl`, where this role may set one (a superuser): a logical
+    capture running on the target then leaves the replay out. Whether it was set."""
     row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     if not row or not row[0]:
-        return
-    conn.execute("SET LOCAL session_replication_role = replica")
+        return False
     if conn.execute("SELECT current_setting('wal_level') = 'logical'").fetchone()[0]:  # type: ignore[index]
         conn.execute("SELECT pg_replication_origin_create(%s) WHERE NOT EXISTS "
                      "(SELECT 1 FROM pg_replication_origin WHERE roname = %s)", (ORIGIN, ORIGIN))
         conn.execute("SELECT pg_replication_origin_session_setup(%s)", (ORIGIN,))
+        return True
+    return False
 
 
 def _session_reset(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("SELECT pg_replication_origin_session_reset() "
-                 "WHERE pg_replication_origin_session_is_setup()")
+    conn.execute("SELECT pg_replication_origin_session_reset()")
 
 
 def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, options: Options,
@@ -517,10 +532,10 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
         target = options.tables.get(source, TableMap()).target or source
         groups.setdefault((schema, target), {})[source] = count
     side_effects: list[dict[str, Any]] = []
-    written: list[_Table] = []
+    planned: list[_Table] = []
     with psycopg.connect(target_dsn) as conn:
         try:
-            _session_setup(conn)
+            with_origin = _session_setup(conn)
             revision = _revision(conn, options.history)
             with progress.watching("replay", lambda: sum(t.changes for t in report.tables.values()),
                                    sum(row[-1] if not isinstance(row, dict) else row["count"]
@@ -529,13 +544,16 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
                     table = _one_table(conn, state, release_id, schema, target, sources, options,
                                        report, side_effects, stored_after, revision)
                     if table is not None:
-                        written.append(table)
+                        table.keep(len(planned))
+                        planned.append(table)
             if report.conflicts and options.on_conflict == "fail":
                 raise ReplayConflict(report)
+            _write(conn, planned, options.on_conflict == "overwrite")
             if not options.dry_run:
                 # setval() is not transactional: only once nothing can undo the replay.
-                for table in written:
-                    table.fix_sequences()
+                for table in planned:
+                    if table.report.inserted or table.report.updated:
+                        table.fix_sequences()
         except BaseException:
             conn.rollback()
             raise
@@ -543,14 +561,29 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
             conn.rollback()
         else:
             conn.commit()
-        # After the commit: the commit record is what carries the origin.
-        _session_reset(conn)
+        if with_origin:  # after the commit: the commit record is what carries the origin
+            _session_reset(conn)
     report.side_effect_rows = len(side_effects)
     if side_effects and options.reconciliation and not options.dry_run:
         # A restore's tail adds to what its first replay wrote.
         write_jsonl(options.reconciliation, side_effects, append=stored_after > 0)
         report.reconciliation = str(options.reconciliation)
     return report
+
+
+def _write(conn: psycopg.Connection[Any], planned: list[_Table], overwrite: bool) -> None:
+    """Every table's planned rows, in foreign-key order (see `constraints`)."""
+    by_name = {(t.schema, t.target): t for t in planned}
+    order = [by_name[name] for name in constraints.foreign_key_order(conn, list(by_name))]
+    conn.execute("SET CONSTRAINTS ALL DEFERRED")
+    with constraints.quiet_triggers(conn, list(by_name)):
+        for action in ("insert", "update"):
+            for table in order:
+                table.write(action, overwrite)
+        for table in reversed(order):
+            table.write("delete", overwrite)
+        # Deferred constraints are checked here, where an error still names the replay.
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 def _revision(conn: psycopg.Connection[Any], history: History) -> str | None:
@@ -566,8 +599,8 @@ def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], re
                schema: str, target: str, sources: dict[str, int], options: Options, report: Report,
                side_effects: list[dict[str, Any]], stored_after: int, revision: str | None
                ) -> _Table | None:
-    """Replay the changes of `sources` (with their counts) into `target`; the table if it wrote
-    rows whose sequences may move."""
+    """Load and plan the changes of `sources` (with their counts) into `target`; the table if
+    it has rows to write."""
     if target in options.side_effects or options.side_effects & sources.keys():
         report.tables.setdefault(target, TableReport(target, sum(sources.values()))).side_effect = True
         for source in sources:
@@ -588,11 +621,11 @@ def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], re
     table = _Table(conn, schema, target, shape, TableMap(target, columns), table_report,
                    options.json_as_text)
     table.load(state, release_id, sorted(sources), stored_after, options.history, revision)
-    return table if _replay_table(table, report, options) else None
+    return table if _plan(table, report, options) else None
 
 
-def _replay_table(table: _Table, report: Report, options: Options) -> bool:
-    """Classify and apply the loaded rows; True if it wrote rows whose sequences may need moving."""
+def _plan(table: _Table, report: Report, options: Options) -> bool:
+    """Classify the loaded rows and count what the writes will do; True if there are any."""
     table.stage()
     table.classify()
     overwrite = options.on_conflict == "overwrite"
@@ -610,12 +643,11 @@ def _replay_table(table: _Table, report: Report, options: Options) -> bool:
             table.report.skipped += n
         else:
             done[action] += n
-    table.apply(overwrite)
     table.report.already += done["already"]
     table.report.inserted += done["insert"]
     table.report.updated += done["update"]
     table.report.deleted += done["delete"]
-    return bool(done["insert"] or done["update"])
+    return bool(done["insert"] or done["update"] or done["delete"])
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]], append: bool = False) -> None:
