@@ -359,17 +359,21 @@ def delta_export(release_id: int, output: str | None, pb_path: str | None, state
               help="What to do with a conflicting row (default: the playbook's replay.on_conflict).")
 @click.option("--allow-incomplete", is_flag=True,
               help="Replay a delta that is known to miss changes (a lost slot).")
+@click.option("--table", "tables", multiple=True,
+              help="Replay only this table's changes (repeatable), e.g. a table only the new "
+                   "version has, once it is released again; refused a second time.")
 @with_state
 @json_option
 @_errors
 def delta_replay(release_id: int, into: str | None, dry_run: bool, on_conflict: str | None,
-                 allow_incomplete: bool, pb_path: str | None, state_dsn: str | None, as_json: bool) -> int:
+                 allow_incomplete: bool, tables: tuple[str, ...], pb_path: str | None,
+                 state_dsn: str | None, as_json: bool) -> int:
     """Replay the delta of RELEASE_ID, mapped to the target's schema; idempotent."""
     with Journal(_state_dsn(pb_path, state_dsn)) as journal:
         pb = _release_playbook(journal, release_id, pb_path)
         report = deltas.replay_into(journal, pb, release_id, into or pb.database.dsn,
                                     on_conflict=on_conflict, dry_run=dry_run,
-                                    allow_incomplete=allow_incomplete)
+                                    allow_incomplete=allow_incomplete, tables=frozenset(tables))
     data = report.as_dict()
 
     def text() -> str:

@@ -26,7 +26,8 @@ from deployctl.redact import redact, safe_dsn
 
 
 def options(pb: Playbook, found: dict[str, Any] | None, *, on_conflict: str | None = None,
-            dry_run: bool = False, reconciliation: Path | None = None) -> replay.Options:
+            dry_run: bool = False, reconciliation: Path | None = None,
+            only: frozenset[str] = frozenset()) -> replay.Options:
     """Replay options from the playbook's `replay` and `personal` sections and the capture
     (`found`: its journal row)."""
     tables = {
@@ -41,7 +42,7 @@ def options(pb: Playbook, found: dict[str, Any] | None, *, on_conflict: str | No
         side_effects=frozenset(pb.replay.side_effects), tables=tables,
         personal=frozenset(pb.personal), dry_run=dry_run, reconciliation=reconciliation,
         json_as_text=found is None or found["mode"] == "logical",
-        history=History.from_capture(found))
+        history=History.from_capture(found), only=only)
 
 
 def reconciliation_file(pb: Playbook, release_id: int) -> Path:
@@ -228,13 +229,16 @@ def _masked(row: dict[str, Any], personal: frozenset[str]) -> dict[str, Any]:
 
 
 def replay_into(journal: Journal, pb: Playbook, release_id: int, target_dsn: str, *,
-                on_conflict: str | None, dry_run: bool, allow_incomplete: bool) -> replay.Report:
-    """`deployctl delta replay`: the whole delta into `target_dsn`."""
+                on_conflict: str | None, dry_run: bool, allow_incomplete: bool,
+                tables: frozenset[str] = frozenset()) -> replay.Report:
+    """`deployctl delta replay`: the delta (or the changes of `tables`) into `target_dsn`."""
     journal.get(release_id)
     if not allow_incomplete:
         require_complete(journal, release_id)
+    if tables:
+        _refuse_replaying_again(journal, release_id, target_dsn, tables)
     opts = options(pb, journal.capture(release_id), on_conflict=on_conflict, dry_run=dry_run,
-                   reconciliation=reconciliation_file(pb, release_id))
+                   reconciliation=reconciliation_file(pb, release_id), only=tables)
     try:
         report = replay.apply(journal.conn, release_id, target_dsn, opts)
     except replay.ReplayConflict as exc:
@@ -246,11 +250,29 @@ def replay_into(journal: Journal, pb: Playbook, release_id: int, target_dsn: str
     return report
 
 
+def _refuse_replaying_again(journal: Journal, release_id: int, target_dsn: str,
+                            tables: frozenset[str]) -> None:
+    """A table replayed on its own once must not be replayed again into the same database:
+    rows its users deleted since would come back."""
+    into = safe_dsn(target_dsn)
+    for event in journal.events(release_id):
+        detail = event["detail"]
+        if event["step"] != "delta.replay" or detail.get("into") != into or detail.get("error"):
+            continue
+        again = tables & set(detail.get("tables") or ())
+        if again:
+            raise BadInput(
+                f"{', '.join(sorted(again))} was replayed into {into} at {event['at']:%Y-%m-%d %H:%M:%S %Z}: "
+                "replaying it again could bring back rows deleted since; nothing was done "
+                "(`deployctl report` lists what that replay wrote)")
+
+
 def _record_replay(journal: Journal, release_id: int, target_dsn: str, opts: replay.Options,
                    report: replay.Report, error: str | None) -> None:
     """A replay after the release is part of its story: the journal keeps it for the report."""
     journal.event(release_id, "delta.replay", "info", redact({
         "by": holder_name(), "into": safe_dsn(target_dsn), "on_conflict": opts.on_conflict,
+        "tables": sorted(opts.only) or None,
         "applied": report.applied, "conflicts": len(report.conflicts),
         "side_effect_rows": report.side_effect_rows, "reconciliation": report.reconciliation,
         "summary": report.summary(), "conflict_list": conflict_list([report]),

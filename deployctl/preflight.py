@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from deployctl import certs
-from deployctl.db import capture, lint, slots
+from deployctl.db import capture, lint, privileges, slots
 from deployctl.db.libpq import tool_version
 from deployctl.db.migrate import Alembic
 from deployctl.errors import DeployctlError
@@ -228,6 +228,16 @@ def _capture(pb: Playbook) -> Check:
     return Check("capture", "pass", f"{chosen} capture of schemas {', '.join(pb.capture.schemas)}")
 
 
+def _privileges(pb: Playbook) -> Check:
+    """What a role that is not a superuser may lack (managed PostgreSQL)."""
+    with psycopg.connect(pb.database.dsn, connect_timeout=10) as conn:
+        mode = capture.capture_mode(conn, pb.capture.mode)
+        fails, warns = privileges.problems(conn, pb.capture.schemas, mode, pb.database.rollback)
+    if fails or warns:
+        return Check("privileges", "fail" if fails else "warn", "; ".join(fails + warns))
+    return Check("privileges", "pass", "the role may capture, restore and replay")
+
+
 def _slots(pb: Playbook) -> Check:
     """Replication slots no running release owns, and the WAL they make the server keep."""
     with psycopg.connect(pb.database.dsn, connect_timeout=10) as conn:
@@ -317,6 +327,7 @@ def run(pb: Playbook, alembic: Alembic) -> list[Check]:
     if checks[-1].status != "fail":  # an unknown target has no SQL to lint
         checks.append(_lint(pb, alembic))
     checks.append(_capture(pb))
+    checks.append(_privileges(pb))
     checks.append(_slots(pb))
     checks.extend(_certificates(pb.public_urls))
     if pb.deploy.transport == "ssh":

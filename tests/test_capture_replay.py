@@ -13,9 +13,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import random
 import re
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -32,7 +35,7 @@ from deployctl.db.capture import XidSnapshot
 from deployctl.errors import StepFailed
 from deployctl.journal import Journal, with_dbname
 from deployctl.steps import Run
-from tests.conftest import Env, migrate_to, seed, start_capture
+from tests.conftest import SOCIAL, Env, migrate_to, seed, start_capture
 
 pytestmark = pytest.mark.integration
 
@@ -556,6 +559,33 @@ def test_side_effect_tables_are_never_replayed_but_listed_for_reconciliation(
         ("payments", "insert", "12.50", "card"), ("payments", "insert", "99.99", "it's a refund")]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_parent_deleted_in_the_window_takes_its_side_effect_children_with_it(
+        world: Env, journal: Journal, mode: str) -> None:
+    """likes are a side effect (never replayed); a message deleted in the window cascaded to
+    its likes in the source: the replay must do the same in the target, never leave likes
+    pointing at a message that is gone, and the target's foreign keys must all hold."""
+    migrate_to(world, "0001")
+    seed(world, users=3, messages=3)
+    execute(world.app_dsn, "DELETE FROM likes",
+            "INSERT INTO likes (user_id, message_id) VALUES (1, 1), (2, 1), (3, 2)")
+    run = start_capture(world, journal, mode)
+    execute(world.app_dsn, "INSERT INTO likes (user_id, message_id) VALUES (3, 1)",
+            "DELETE FROM messages WHERE id = 1")
+    drain(run)
+    target = restored(run)
+
+    report = replay_all(run, target, side_effects=frozenset({"likes"}),
+                        reconciliation=world.dir / "likes.jsonl.gz")
+
+    assert report.tables["likes"].side_effect and report.tables["messages"].deleted == 1
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT message_id, count(*) FROM likes GROUP BY 1").fetchall() == [(2, 1)]
+        orphans = conn.execute("SELECT count(*) FROM likes l WHERE NOT EXISTS "
+                               "(SELECT FROM messages m WHERE m.id = l.message_id)").fetchone()
+    assert orphans == (0,)
+
+
 # -- 9: a lost slot ----------------------------------------------------------------------------
 
 def test_lost_slot_marks_the_delta_incomplete_and_replay_refuses_unless_allowed(
@@ -721,6 +751,49 @@ def test_delta_show_export_and_dry_run_replay_through_the_cli(world: Env, journa
     assert re.search(r"^\s+messages\s+inserted 0, updated 1, deleted 0", dry.stdout, re.M), dry.stdout
     assert {t: rows_with_xmin(target, t) for t in tables} == before
     assert sequences(target) == seqs, "a dry run moved a sequence of the target"
+
+
+def test_tables_only_the_new_version_has_replay_when_it_is_released_again(
+        world: Env, journal: Journal) -> None:
+    """The worked example of the README: reactions made on version 2 before its rollback land
+    when version 2 is out again; a reaction to a message deleted since is not replayed (and the
+    message not brought back), and a second replay of the table is refused."""
+    migrate_to(world, "0001")
+    seed(world, users=3, messages=3)
+    run = start_capture(world, journal)
+    rid = str(run.release_id)
+    migrate_to(world, "0002")
+    execute(world.app_dsn,
+            "INSERT INTO reactions (user_id, message_id, emoji) VALUES (1, 1, '🎉'), (2, 2, '👍')",
+            "INSERT INTO messages (user_id, body) VALUES (1, 'not asked for')")
+    drain(run)
+    # Rolled back, then version 2 released again on the old database, where message 2 was
+    # deleted meanwhile.
+    again = restored(run)
+    url = world.app_dsn.rsplit("/", 1)[0] + "/" + psycopg.conninfo.conninfo_to_dict(again)["dbname"]
+    upgraded = subprocess.run([sys.executable, "-m", "alembic", "-c", str(SOCIAL / "alembic.ini"),
+                               "upgrade", "0002"], env={**os.environ, "DATABASE_URL": url},
+                              capture_output=True, text=True, check=False)
+    assert upgraded.returncode == 0, upgraded.stderr
+    execute(again, "DELETE FROM messages WHERE id = 2")
+    messages = rows_text(again, "messages")
+    state = ("--state-dsn", world.state_dsn)
+
+    done = world.cli("delta", "replay", rid, *state, "--into", again, "--table", "reactions", "--json")
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert list(report["tables"]) == ["reactions"]
+    assert report["tables"]["reactions"]["inserted"] == 1
+    assert [(c["kind"], c["resolution"]) for c in report["conflicts"]] == [("parent_gone", "skipped")]
+    with psycopg.connect(again) as conn:
+        assert conn.execute("SELECT user_id, message_id, emoji FROM reactions").fetchall() == [
+            (1, 1, "🎉")]
+    assert rows_text(again, "messages") == messages, "only reactions were asked for"
+
+    twice = world.cli("delta", "replay", rid, *state, "--into", again, "--table", "reactions")
+    assert twice.returncode == 2
+    assert "reactions was replayed into" in twice.stderr and "deleted since" in twice.stderr
 
 
 # -- more traps of the same kind -------------------------------------------------------------

@@ -147,7 +147,8 @@ def test_check_passes_a_good_release_with_exit_0_one_line_per_check_and_touches_
     assert [line.split()[:2] for line in lines[:-1]] == [
         ["pass", "database"], ["pass", "pg_dump"], ["pass", "disk"],
         ["pass" if local else "warn", "restore_disk"], ["pass", "migrations"],
-        ["pass", "migration_lint"], ["pass", "capture"], ["pass", "slots"], ["pass", "tls"]]
+        ["pass", "migration_lint"], ["pass", "capture"], ["pass", "privileges"], ["pass", "slots"],
+        ["pass", "tls"]]
     assert lines[-1] == f"social 2: ready, {0 if local else 1} warning(s)"
     if local:
         assert f"free in {datadir} for a side-by-side restore of about" in done.stdout
@@ -290,6 +291,29 @@ def test_a_table_without_a_primary_key_fails_the_check_and_is_named(env: Env) ->
     touched_nothing(env)
 
 
+@pytest.mark.parametrize("env", ["managed"], indirect=True)
+def test_a_managed_role_passes_and_a_privilege_it_lacks_is_named_with_its_grant(
+        env: Env, pg_server: str) -> None:
+    migrate_to(env, "0001")
+    code, data = check(env, env.playbook("2"))
+    assert code == 0, data
+    assert by_name(data)["privileges"]["status"] == "pass"
+
+    # A table someone else owns, with a trigger of the application on it.
+    with psycopg.connect(pg_server, dbname=env.dbname, autocommit=True) as admin:
+        admin.execute("CREATE TABLE audit (id int PRIMARY KEY)")
+        admin.execute("CREATE FUNCTION audit_touch() RETURNS trigger LANGUAGE plpgsql AS "
+                      "'BEGIN RETURN NEW; END'")
+        admin.execute("CREATE TRIGGER audit_touch BEFORE INSERT ON audit FOR EACH ROW "
+                      "EXECUTE FUNCTION audit_touch()")
+    code, data = check(env, env.playbook("2"))
+    assert code == 2
+    message = by_name(data)["privileges"]["message"]
+    assert f"GRANT TRIGGER ON public.audit TO {env.user}" in message
+    assert "triggers on public.audit from firing, as their owner" in message
+    touched_nothing(env)
+
+
 # -- side-by-side restore on a server this role cannot look into ---------------------------------
 
 def test_restore_disk_warns_when_the_servers_disk_cannot_be_measured(env: Env) -> None:
@@ -307,7 +331,10 @@ def test_restore_disk_warns_when_the_servers_disk_cannot_be_measured(env: Env) -
         with env.connect() as conn:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-    assert code == 0
+    # A role that may only read cannot capture nor restore either: that, and only that, fails.
+    assert code == 2
+    assert [c["name"] for c in data["checks"] if c["status"] == "fail"] == ["privileges"]
+    assert f"ALTER ROLE {role} CREATEDB" in by_name(data)["privileges"]["message"]
     line = by_name(data)["restore_disk"]
     assert line["status"] == "warn"
     assert line["message"].startswith("cannot measure free space on the database server (this role "

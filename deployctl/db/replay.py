@@ -12,7 +12,9 @@ classified against the target:
 - conflict `key_exists`: the delta inserted a key the target holds with other values;
 - conflict `changed_since`: the target row differs from what the delta saw before its change
   (known when the captured table has a full old image: trigger capture, REPLICA IDENTITY FULL);
-- conflict `row_gone`: the delta updated a row the target no longer has.
+- conflict `row_gone`: the delta updated a row the target no longer has;
+- conflict `parent_gone`: the row's parent, in a table this replay does not write, is not in
+  the target (deleted since): never written, whatever the policy.
 
 Conflicts follow the policy (`fail`: nothing is applied; `skip`; `overwrite`). Tables marked as
 external side effects are never replayed: their changes go to a reconciliation file. Columns the
@@ -48,6 +50,7 @@ from deployctl.errors import StepFailed
 
 Policy = Literal["fail", "skip", "overwrite"]
 MASK = "***"
+UNWRITABLE = "parent_gone"  # a conflict no policy overwrites
 FOLD_WORK_MEM = "64MB"
 
 
@@ -69,6 +72,7 @@ class Options:
     reconciliation: Path | None = None
     json_as_text: bool = True        # logical capture; trigger capture keeps JSON values
     history: History = History()     # the revisions the capture went through
+    only: frozenset[str] = frozenset()  # replay these tables only (their names in either version)
 
 
 @dataclass
@@ -421,10 +425,43 @@ class _Table:
         self.conn.execute("CREATE UNIQUE INDEX ON replay_plan (id)")
         self.conn.execute("ANALYZE replay_plan")
 
-    def counts(self) -> Counter[tuple[str, bool]]:
-        """How many rows per (action, conflicting)."""
+    def parents_gone(self, replayed: set[tuple[str, str]]) -> None:
+        """Rows whose parent (by a foreign key to a table this replay does not write) is not in
+        the target: conflict `parent_gone`, never written (the parent is not brought back)."""
+        for parent_schema, parent, columns, referenced in self.conn.execute(
+                """SELECT pn.nspname, p.relname,
+                          ARRAY(SELECT a.attname FROM unnest(f.conkey) WITH ORDINALITY k(n, o)
+                                JOIN pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = k.n
+                                ORDER BY k.o),
+                          ARRAY(SELECT a.attname FROM unnest(f.confkey) WITH ORDINALITY k(n, o)
+                                JOIN pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = k.n
+                                ORDER BY k.o)
+                   FROM pg_constraint f JOIN pg_class p ON p.oid = f.confrelid
+                   JOIN pg_namespace pn ON pn.oid = p.relnamespace
+                   WHERE f.contype = 'f' AND f.conrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
+                     AND (pn.nspname, p.relname) NOT IN
+                         (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+                (self.schema, self.target, [s for s, _ in replayed],
+                 [t for _, t in replayed])).fetchall():
+            if not set(columns) <= set(self.columns):
+                continue
+            pairs = list(zip(columns, referenced, strict=True))
+            self.conn.execute(sql.SQL(
+                "UPDATE replay_plan pl SET conflict = {kind} FROM replay_typed {p} "
+                "WHERE {p}.deployctl_id = pl.id AND pl.action IN ('insert', 'update') "
+                "AND pl.conflict IS NULL AND {present} AND NOT EXISTS "
+                "(SELECT FROM {parent} x WHERE {match})").format(
+                    kind=sql.Literal(UNWRITABLE), p=_P, parent=sql.Identifier(parent_schema, parent),
+                    present=sql.SQL(" AND ").join(
+                        sql.SQL("{}.{} IS NOT NULL").format(_P, sql.Identifier(c)) for c, _ in pairs),
+                    match=sql.SQL(" AND ").join(
+                        sql.SQL("x.{} = {}.{}").format(sql.Identifier(r), _P, sql.Identifier(c))
+                        for c, r in pairs)))
+
+    def counts(self) -> Counter[tuple[str, str | None]]:
+        """How many rows per (action, conflict)."""
         return Counter({(a, c): n for a, c, n in self.conn.execute(
-            "SELECT action, conflict IS NOT NULL, count(*) FROM replay_plan GROUP BY 1, 2").fetchall()})
+            "SELECT action, conflict, count(*) FROM replay_plan GROUP BY 1, 2").fetchall()})
 
     def conflicts(self) -> list[tuple[str, dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]:
         """Each conflict: kind, key, the delta's final values, the target's row."""
@@ -451,8 +488,8 @@ class _Table:
 
     def write(self, action: str, overwrite: bool) -> None:
         """Write the planned rows of one action; conflicting ones only if `overwrite`."""
-        planned = sql.SQL("pl.action = {} AND (pl.conflict IS NULL OR {})").format(
-            sql.Literal(action), sql.Literal(overwrite))
+        planned = sql.SQL("pl.action = {} AND (pl.conflict IS NULL OR ({} AND pl.conflict <> {}))").format(
+            sql.Literal(action), sql.Literal(overwrite), sql.Literal(UNWRITABLE))
         rows = sql.SQL("{plan} pl JOIN {rows} {r} ON {r}.id = pl.id "
                        "JOIN {typed} {p} ON {p}.deployctl_id = pl.id").format(
                            r=_R, p=_P, plan=sql.Identifier(f"replay_plan_{self.n}"),
@@ -530,7 +567,8 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
     for row in counted:
         schema, source, count = tuple(row.values()) if isinstance(row, dict) else row
         target = options.tables.get(source, TableMap()).target or source
-        groups.setdefault((schema, target), {})[source] = count
+        if not options.only or options.only & {source, target}:
+            groups.setdefault((schema, target), {})[source] = count
     side_effects: list[dict[str, Any]] = []
     planned: list[_Table] = []
     with psycopg.connect(target_dsn) as conn:
@@ -542,7 +580,7 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
                                        for row in counted), unit="changes"):
                 for (schema, target), sources in sorted(groups.items()):
                     table = _one_table(conn, state, release_id, schema, target, sources, options,
-                                       report, side_effects, stored_after, revision)
+                                       report, side_effects, stored_after, revision, set(groups))
                     if table is not None:
                         table.keep(len(planned))
                         planned.append(table)
@@ -597,8 +635,8 @@ def _revision(conn: psycopg.Connection[Any], history: History) -> str | None:
 
 def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
                schema: str, target: str, sources: dict[str, int], options: Options, report: Report,
-               side_effects: list[dict[str, Any]], stored_after: int, revision: str | None
-               ) -> _Table | None:
+               side_effects: list[dict[str, Any]], stored_after: int, revision: str | None,
+               replayed: set[tuple[str, str]]) -> _Table | None:
     """Load and plan the changes of `sources` (with their counts) into `target`; the table if
     it has rows to write."""
     if target in options.side_effects or options.side_effects & sources.keys():
@@ -621,25 +659,26 @@ def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], re
     table = _Table(conn, schema, target, shape, TableMap(target, columns), table_report,
                    options.json_as_text)
     table.load(state, release_id, sorted(sources), stored_after, options.history, revision)
+    table.stage()
+    table.classify()
+    table.parents_gone(replayed)
     return table if _plan(table, report, options) else None
 
 
 def _plan(table: _Table, report: Report, options: Options) -> bool:
-    """Classify the loaded rows and count what the writes will do; True if there are any."""
-    table.stage()
-    table.classify()
+    """Count what the writes of the classified rows will do; True if there are any."""
     overwrite = options.on_conflict == "overwrite"
     counts = table.counts()
-    if any(conflicting for _, conflicting in counts):
+    if any(conflict for _, conflict in counts):
         resolution = {"fail": "none", "skip": "skipped", "overwrite": "overwritten"}[options.on_conflict]
         for kind, key, final, theirs in table.conflicts():
             report.conflicts.append(Conflict(
                 table.target, kind, _mask(table.target, key, options.personal) or {},
                 _mask(table.target, final, options.personal), _mask(table.target, theirs, options.personal),
-                resolution))
+                "skipped" if kind == UNWRITABLE and resolution != "none" else resolution))
     done = Counter[str]()
-    for (action, conflicting), n in counts.items():
-        if conflicting and not overwrite:
+    for (action, conflict), n in counts.items():
+        if conflict and (not overwrite or conflict == UNWRITABLE):
             table.report.skipped += n
         else:
             done[action] += n

@@ -51,8 +51,9 @@ class History:
 
     @property
     def head(self) -> str | None:
-        """The revision the release migrated to (the new version's shape)."""
-        return self.points[-1][1] if self.points else self.base
+        """The revision the release migrated to (the new version's shape): the last one the
+        capture saw other than its base (a downgrade at rollback goes back to the base)."""
+        return next((rev for _, rev in reversed(self.points) if rev != self.base), self.base)
 
     def at(self, pos: int) -> str | None:
         revision = self.base

@@ -1,5 +1,8 @@
 """Every kind of schema change, both capture modes: a restore rollback keeps every user action.
 
+Run as a superuser, and as a managed-PostgreSQL role (LOGIN REPLICATION CREATEDB, owner of the
+databases, no superuser: trigger capture, replay in foreign-key order).
+
 Each case is a folder of cases/: an Alembic revision pair (or more), and in its __init__.py the
 mapping a user would write and the SQL its users run on each version. One test runs them all:
 
@@ -254,7 +257,8 @@ def roll_back(run: Run) -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize("mode", ["logical", "trigger"])
+@pytest.mark.parametrize(("env", "mode"), [("superuser", "logical"), ("superuser", "trigger"),
+                                           ("managed", "trigger")], indirect=["env"])
 @pytest.mark.parametrize("name", CASES)
 def test_a_restore_rollback_keeps_every_acknowledged_action(
         world: Env, journal: Journal, name: str, mode: str) -> None:
