@@ -4,4 +4,5 @@ from tests.schema_changes.items_v1 import ACTIONS as V1
 
 USES_ITEMS_V1 = False
 MAPPING: dict[str, object] = {}
+DOWNGRADE_LOSES_DATA = True  # the column's values are gone with it: only a restore brings them back
 ACTIONS = {"0001": V1, "0002": V1}

@@ -4,6 +4,7 @@ from tests.schema_changes.items_v1 import ACTIONS as V1
 
 USES_ITEMS_V1 = False
 MAPPING: dict[str, object] = {}
+DOWNGRADE_LOSES_DATA = True  # the table's rows are gone with it: only a restore brings them back
 TABLES = {"items": "id", "notes": "id"}
 ACTIONS = {
     "0001": {
