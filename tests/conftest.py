@@ -63,14 +63,15 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cluster.destroy()
 
 
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = 60) -> Any:
-    """Poll `condition` until it is true (returns its value); fail the test after `timeout`."""
+def wait_for(what: str, condition: Callable[[], Any], timeout: float = 60, every: float = 0.05) -> Any:
+    """Poll `condition` every `every` seconds until it is true (returns its value); fail the test
+    after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = condition()
         if found:
             return found
-        time.sleep(0.05)
+        time.sleep(every)
     pytest.fail(f"timed out waiting for {what}")
 
 

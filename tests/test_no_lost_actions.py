@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,11 +25,12 @@ import pytest
 import yaml
 from psycopg.rows import dict_row
 
-from tests.conftest import SOCIAL, Env, seed
+from tests.conftest import SOCIAL, Env, seed, wait_for
 
 pytestmark = pytest.mark.integration
 
 AFTER_ROLLBACK_S = 1.5  # blue keeps taking writes this long after the release ended
+CLOSELY = {"timeout": 300, "every": 0.005}  # wait_for: a moment of the rollback, not missed
 
 
 def _load_users() -> ModuleType:
@@ -61,16 +61,6 @@ def _step_events(env: Env, release_id: int) -> dict[tuple[str, str], dict[str, A
                             "FROM deployctl.events WHERE release_id = %s ORDER BY id",
                             (release_id,)).fetchall()
     return {(r["step"], r["phase"]): {**r["detail"], "at": r["at"]} for r in rows}
-
-
-def _wait_for(what: str, condition: Callable[[], Any], timeout: float = 300) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.005)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def _exported_delta(env: Env, release_id: int) -> list[dict[str, Any]]:
@@ -208,12 +198,12 @@ def test_a_write_begun_before_the_restore_and_committed_during_its_replay_is_not
                 return int(row[0]) if row else 0
 
             # Begun while green is smoke-tested (users keep writing meanwhile) ...
-            _wait_for("the smoke step", lambda: phase("smoke"))
+            wait_for("the smoke step", lambda: phase("smoke"), **CLOSELY)
             held.execute("INSERT INTO messages (user_id, body) VALUES (1, 'begun before the restore')")
             # ... and committed right after the restore's first drain, while it replays.
-            _wait_for("the rollback of the database", lambda: phase("rollback.database"))
+            wait_for("the rollback of the database", lambda: phase("rollback.database"), **CLOSELY)
             before = drained_to()
-            _wait_for("the restore's first drain", lambda: drained_to() > before)
+            wait_for("the restore's first drain", lambda: drained_to() > before, **CLOSELY)
             held.commit()  # the database acknowledged it: it must survive the rollback
         release.wait(timeout=300)
         out, err = (env.dir / "release.out").read_text(), (env.dir / "release.err").read_text()
