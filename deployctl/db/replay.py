@@ -330,21 +330,28 @@ class _Table:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(self.ident))
             self.report.truncated = True
         after = (truncated["pos"], truncated["seq"]) if isinstance(truncated, dict) else truncated or (-1, -1)
-        self.conn.execute("DROP TABLE IF EXISTS replay_changes")
-        self.conn.execute("CREATE TEMP TABLE replay_changes (pos bigint, seq int, op text, key jsonb, "
-                          "new jsonb, old jsonb, unchanged text[], json_columns text[]) ON COMMIT DROP")
+        self.conn.execute("DROP TABLE IF EXISTS replay_mapped")
+        self.conn.execute("CREATE TEMP TABLE replay_mapped (pos bigint, seq int, op text, key jsonb, "
+                          "new jsonb, old jsonb, unchanged text[], json_columns text[], own boolean, "
+                          "plain boolean, captured jsonb) ON COMMIT DROP")
+        # `own`: captured at the target's revision; `plain`: and in a shape (known for logical
+        # capture) of only columns the target has. Decided where the delta is, on the way.
+        own = sql.SQL("({} IS NOT DISTINCT FROM {})").format(
+            history.revision_sql(sql.SQL("c.pos")), sql.Literal(target_revision))
         with state.cursor().copy(sql.SQL(
                 "COPY (SELECT c.pos, c.seq, c.op, c.key, c.new, c.old, c.unchanged, "
-                "COALESCE(s.json_columns, '{{}}') FROM deployctl.changes c "
-                "LEFT JOIN deployctl.shapes s ON s.id = c.shape "
-                "WHERE {} AND (c.pos, c.seq) > ({}, {}) AND c.op <> 'truncate') TO STDOUT").format(
-                    where, sql.Literal(after[0]), sql.Literal(after[1]))) as out, \
-                self.conn.cursor().copy("COPY replay_changes FROM STDIN") as into:
+                "COALESCE(s.json_columns, '{{}}'), {own}, {own} AND s.columns <@ {cols}::text[] IS TRUE "
+                "FROM deployctl.changes c LEFT JOIN deployctl.shapes s ON s.id = c.shape "
+                "WHERE {where} AND (c.pos, c.seq) > ({pos}, {seq}) AND c.op <> 'truncate') TO STDOUT").format(
+                    where=where, pos=sql.Literal(after[0]), seq=sql.Literal(after[1]), own=own,
+                    cols=sql.Literal(self.columns))) as out, \
+                self.conn.cursor().copy("COPY replay_mapped (pos, seq, op, key, new, old, unchanged, "
+                                        "json_columns, own, plain) FROM STDIN") as into:
             for data in out:
                 into.write(data)
         mapper = shapes.Mapper(self.target, self.columns, self.pk, self.shape.computed,
                                self.sources, self.expressions)
-        self.report.dropped_columns.update(mapper.map(self.conn, history, target_revision))
+        self.report.dropped_columns.update(mapper.map(self.conn, history))
         self.conn.execute("DROP TABLE IF EXISTS replay_rows")
         self.conn.execute("CREATE TEMP TABLE replay_rows (id int PRIMARY KEY, k jsonb, first_op text, "
                           "old jsonb, final jsonb) ON COMMIT DROP")

@@ -78,7 +78,7 @@ class Unmapped(StepFailed):
 
 @dataclass
 class Mapper:
-    """Maps one target table's changes (in `replay_changes`) into `replay_mapped`."""
+    """Maps one target table's changes, in `replay_mapped`, to the target's shape."""
 
     table: str                           # the target table, for messages
     columns: list[str]                   # the target's columns (generated ones aside)
@@ -127,42 +127,41 @@ class Mapper:
                        "WHERE k = ANY({}))").format(
                            sql.Identifier(image), sql.Literal(self.pk if image == "key" else self.columns))
 
-    def map(self, conn: psycopg.Connection[Any], history: History, target_revision: str | None
-            ) -> Counter[str]:
-        """Fill `replay_mapped`; returns the values dropped per column the target lacks.
+    def map(self, conn: psycopg.Connection[Any], history: History) -> Counter[str]:
+        """Map `replay_mapped` in place; returns the values dropped per column the target lacks.
 
         Raises `Unmapped` when a change would lose a value the target has a place for.
         """
-        revision = history.revision_sql(sql.SQL("r.pos"))
-        own = sql.SQL("({} IS NOT DISTINCT FROM {})").format(revision, sql.Literal(target_revision))
-        head = sql.SQL("({} IS NOT DISTINCT FROM {})").format(revision, sql.Literal(history.head))
-        mapped = {image: sql.SQL("CASE WHEN {i} IS NULL THEN NULL WHEN {own} THEN {o} ELSE {m} END").format(
-            i=sql.Identifier(image), own=own, o=self._own(image), m=self._image(image, head))
+        head = sql.SQL("({} IS NOT DISTINCT FROM {})").format(
+            history.revision_sql(sql.SQL("r.pos")), sql.Literal(history.head))
+        mapped = {image: sql.SQL("CASE WHEN {i} IS NULL THEN NULL WHEN r.own THEN {o} ELSE {m} END").format(
+            i=sql.Identifier(image), o=self._own(image), m=self._image(image, head))
             for image in ("key", "new", "old")}
-        conn.execute("DROP TABLE IF EXISTS replay_mapped")
+        # Most changes are `plain` (the target's own shape, nothing to drop): left as they are.
         conn.execute(sql.SQL(
-            "CREATE TEMP TABLE replay_mapped ON COMMIT DROP AS "
-            "SELECT r.pos, r.seq, r.op, NULL::jsonb AS key, {new} AS new, {old} AS old, "
-            "{key} AS captured_key, r.new AS captured, r.unchanged, {own} AS own "
-            "FROM replay_changes r").format(
-                key=mapped["key"], new=mapped["new"], old=mapped["old"], own=own))
+            "UPDATE replay_mapped r SET captured = r.new, key = {key}, new = {new}, old = {old} "
+            "WHERE NOT r.plain").format(key=mapped["key"], new=mapped["new"], old=mapped["old"]))
         # The key, as text, in the target's names: from the full old image where there is one,
-        # else the captured key (a key-only old tuple), else the new image (an insert).
+        # else the captured key (a key-only old tuple), else the new image (an insert); a
+        # captured key of exactly the target's key columns as it is.
+        pk = sql.Literal(self.pk)
+
         def key_of(image: str) -> sql.Composable:
-            return sql.SQL("(SELECT CASE WHEN count(*) = {n} THEN jsonb_object_agg(c, {i} ->> c) END "
-                           "FROM unnest({pk}::text[]) c WHERE {i} ? c)").format(
-                               n=sql.Literal(len(self.pk)), i=sql.Identifier(image),
-                               pk=sql.Literal(self.pk))
+            return sql.SQL("(SELECT CASE WHEN count(*) = {n} THEN jsonb_object_agg(c, m.{i} ->> c) END "
+                           "FROM unnest({pk}::text[]) c WHERE m.{i} ? c)").format(
+                               n=sql.Literal(len(self.pk)), i=sql.Identifier(image), pk=pk)
         conn.execute(sql.SQL(
-            "UPDATE replay_mapped SET key = COALESCE({}, {}, {})").format(
-                key_of("old"), key_of("captured_key"), key_of("new")))
+            "UPDATE replay_mapped m SET key = COALESCE({}, {}, {}) "
+            "WHERE m.old IS NOT NULL OR m.key IS NULL OR NOT m.key ?& {pk} OR m.key - {pk} <> '{{}}'"
+        ).format(key_of("old"), key_of("key"), key_of("new"), pk=pk))
         known = sql.Literal(sorted(set(self.columns) | self.computed))
         consumed = sql.Literal(sorted(self._consumed()))
         self._refuse_lost(conn, known, consumed)
         dropped = conn.execute(sql.SQL(
             "SELECT k, count(*) FROM replay_mapped m, jsonb_each(m.captured) e(k, v) "
-            "WHERE v <> 'null' AND NOT k = ANY({known}) AND (m.own OR NOT k = ANY({consumed})) "
-            "GROUP BY k").format(known=known, consumed=consumed)).fetchall()
+            "WHERE NOT m.plain AND v <> 'null' AND NOT k = ANY({known}) "
+            "AND (m.own OR NOT k = ANY({consumed})) GROUP BY k").format(
+                known=known, consumed=consumed)).fetchall()
         return Counter({k: n for k, n in dropped})
 
     def _refuse_lost(self, conn: psycopg.Connection[Any], known: sql.Composable,
@@ -177,7 +176,7 @@ class Mapper:
                                 WHERE NOT m.new ? c AND NOT ({unchanged})) AS missing,
                           ARRAY(SELECT k FROM jsonb_object_keys(m.captured) k
                                 WHERE NOT k = ANY({known}) AND NOT k = ANY({consumed})) AS extra
-                   FROM replay_mapped m WHERE NOT m.own AND m.new IS NOT NULL) x
+                   FROM replay_mapped m WHERE NOT m.own AND m.new IS NOT NULL AND m.captured IS NOT NULL) x
                WHERE missing <> '{{}}' AND extra <> '{{}}' GROUP BY 1, 2 ORDER BY 3 DESC""").format(
                    cols=sql.Literal(self.columns), unchanged=unchanged, known=known,
                    consumed=consumed)).fetchall()
