@@ -272,7 +272,7 @@ def _shape_ids(state: psycopg.Connection[Any], release_id: int, keys: set[ShapeK
             (release_id, *key[:2], list(key[2]), list(key[3]),
              release_id, *key[:2], list(key[2]), list(key[3]))).fetchone()
         assert row is not None
-        ids[key] = row[0] if isinstance(row, tuple) else row["id"]
+        ids[key] = row[0]
     return ids
 
 
@@ -318,7 +318,7 @@ def current_revision(state: psycopg.Connection[Any], release_id: int) -> str | N
         "FROM deployctl.captures WHERE release_id = %s", (release_id,)).fetchone()
     if row is None:
         return None
-    base, last, points = row if isinstance(row, tuple) else tuple(row.values())
+    base, last, points = row
     return last if points else base
 
 

@@ -46,6 +46,21 @@ def foreign_key_order(conn: psycopg.Connection[Any], tables: list[tuple[str, str
     return ordered
 
 
+def foreign_keys(conn: psycopg.Connection[Any], schema: str, table: str
+                 ) -> list[tuple[tuple[str, str], list[str], list[str]]]:
+    """The foreign keys of `table`: (parent schema, parent), its columns, the parent's."""
+    return [((ps, pr), list(cols), list(refs)) for ps, pr, cols, refs in conn.execute(
+        """SELECT pn.nspname, p.relname,
+                  ARRAY(SELECT a.attname FROM unnest(f.conkey) WITH ORDINALITY k(n, o)
+                        JOIN pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = k.n ORDER BY k.o),
+                  ARRAY(SELECT a.attname FROM unnest(f.confkey) WITH ORDINALITY k(n, o)
+                        JOIN pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = k.n ORDER BY k.o)
+           FROM pg_constraint f JOIN pg_class p ON p.oid = f.confrelid
+           JOIN pg_namespace pn ON pn.oid = p.relnamespace
+           WHERE f.contype = 'f' AND f.conrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))""",
+        (schema, table)).fetchall()]
+
+
 _ENABLE = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "R": "ENABLE REPLICA TRIGGER"}
 
 

@@ -40,10 +40,10 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import set_json_loads
 
 from deployctl import progress
-from deployctl.db import constraints, shapes
+from deployctl.db import constraints, fold, shapes
 from deployctl.db.capture import ORIGIN
 from deployctl.db.shapes import History
 from deployctl.errors import StepFailed
@@ -51,7 +51,6 @@ from deployctl.errors import StepFailed
 Policy = Literal["fail", "skip", "overwrite"]
 MASK = "***"
 UNWRITABLE = "parent_gone"  # a conflict no policy overwrites
-FOLD_WORK_MEM = "64MB"
 
 
 @dataclass(frozen=True)
@@ -169,71 +168,9 @@ def changes(state: psycopg.Connection[Any], release_id: int, stored_after: int =
         (release_id, stored_after, table and table[0], table and table[0], table and table[1])).fetchall()
 
 
-# The net effect of a table's mapped changes per key, folded in the target. An UPDATE that
-# changes the key is a DELETE of the old key and an INSERT of the new one. A row's final values
-# merge its changes since the key's last DELETE, in order (so a TOASTed value an update left out
-# keeps the value known before); every change is in the target's shape by now. One sort serves
-# every window of a key; its first row carries the result.
-_NEW_KEY = sql.SQL("(SELECT jsonb_object_agg(k, new ->> k) FROM jsonb_object_keys(key) k)")
-_ORDER = sql.SQL("pos::numeric * 8589934592 + seq * 2")   # (pos, seq) as one number
-_NET = sql.SQL("""
-WITH raw AS (
-    SELECT pos, seq, op, key, new, old,
-           CASE WHEN op = 'update' AND NOT new @> key THEN {new_key} END AS new_key
-    FROM replay_mapped),
-steps AS (
-    SELECT pos, seq, 0 AS part, op, key, new, old FROM raw WHERE new_key IS NULL OR new_key = key
-    UNION ALL
-    SELECT pos, seq, 0, 'delete', key, NULL, old FROM raw WHERE new_key <> key
-    UNION ALL
-    SELECT pos, seq, 1, 'insert', new_key, new, NULL FROM raw WHERE new_key <> key),
-ordered AS (
-    SELECT *, {order} + part AS ord,
-           max(CASE WHEN op = 'delete' THEN {order} + part END) OVER (PARTITION BY key) AS last_delete
-    FROM steps),
-per_key AS (
-    SELECT key, row_number() OVER w AS n, first_value(op) OVER w AS first_op,
-           first_value(old) OVER w AS first_old, last_value(op) OVER w AS last_op,
-           pg_temp.deployctl_merge(new) FILTER (WHERE last_delete IS NULL OR ord > last_delete)
-               OVER w AS merged
-    FROM ordered
-    WINDOW w AS (PARTITION BY key ORDER BY pos, seq, part
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))
-INSERT INTO replay_rows
-SELECT (row_number() OVER ()) - 1, key, first_op, first_old,
-       CASE WHEN last_op = 'delete' THEN NULL ELSE merged END
-FROM per_key WHERE n = 1
-""").format(new_key=_NEW_KEY, order=_ORDER)
-
-# A row moved to another key by an update that left columns out (TOASTed values it did not
-# change, or columns its shape lacks) keeps those columns' values from its old key: from the
-# delta's changes of that key since its last DELETE, else from the target's row.
-_BEFORE_MOVE = sql.SQL("""
-WITH m AS (
-    SELECT {order} AS ord, op, key, new, CASE WHEN op = 'update' THEN {new_key} END AS new_key
-    FROM replay_mapped WHERE (pos, seq) < ({pos}, {seq})),
-touching AS (
-    SELECT ord, new, op = 'delete' OR (op = 'update' AND key = {key} AND new_key <> key) AS gone
-    FROM m WHERE key = {key} OR new_key = {key}),
-last_gone AS (SELECT max(ord) AS ord FROM touching WHERE gone)
-SELECT (SELECT ord IS NULL FROM last_gone),
-       (SELECT pg_temp.deployctl_merge(new ORDER BY ord) FROM touching
-        WHERE NOT gone AND ord > COALESCE((SELECT ord FROM last_gone), -1))
-""").format(new_key=_NEW_KEY, order=_ORDER, pos=sql.Placeholder("pos"), seq=sql.Placeholder("seq"),
-            key=sql.Placeholder("key"))
-
-
-def _merge_aggregate(conn: psycopg.Connection[Any]) -> None:
-    """jsonb `||` as an aggregate, in this session's temporary schema."""
-    exists = conn.execute("SELECT 1 FROM pg_proc WHERE proname = 'deployctl_merge' "
-                           "AND pronamespace = pg_my_temp_schema()").fetchone()
-    if not exists:
-        conn.execute("CREATE AGGREGATE pg_temp.deployctl_merge(jsonb) (SFUNC = jsonb_concat, STYPE = jsonb)")
-
-
 @dataclass(frozen=True)
-class Shape:
-    """What replay needs to know of a target table's columns."""
+class Target:
+    """What replay needs to know of a target table's columns (the shape changes are mapped to)."""
 
     columns: list[str]          # writable columns (generated ones are the target's to compute)
     pk: list[str]
@@ -242,7 +179,7 @@ class Shape:
     computed: set[str]          # generated columns
 
 
-def _target_shape(conn: psycopg.Connection[Any], schema: str, table: str) -> Shape | None:
+def _target_shape(conn: psycopg.Connection[Any], schema: str, table: str) -> Target | None:
     """The target table's shape, or None if it does not exist."""
     rows = conn.execute(
         """SELECT a.attname, COALESCE(a.attnum = ANY(i.indkey), false), a.atttypid::regtype::text,
@@ -256,7 +193,7 @@ def _target_shape(conn: psycopg.Connection[Any], schema: str, table: str) -> Sha
     if not rows:
         return None
     writable = [r for r in rows if not r[4]]
-    return Shape([r[0] for r in writable], [r[0] for r in writable if r[1]],
+    return Target([r[0] for r in writable], [r[0] for r in writable if r[1]],
                  {r[0]: r[2] for r in writable if r[2] in ("json", "jsonb")},
                  {r[0] for r in writable if r[3]}, {r[0] for r in rows if r[4]})
 
@@ -276,9 +213,13 @@ _T, _R, _P, _J = (sql.Identifier(a) for a in ("deployctl_t", "deployctl_r", "dep
 class _Table:
     """Replay of one source table into its target table, inside the caller's transaction."""
 
-    def __init__(self, conn: psycopg.Connection[Any], schema: str, target: str, shape: Shape,
+    def __init__(self, conn: psycopg.Connection[Any], n: int, schema: str, target: str, shape: Target,
                  mapping: TableMap, report: TableReport, json_as_text: bool) -> None:
         self.conn, self.schema, self.target = conn, schema, target
+        # This table's rows, typed values and plan, kept in the session until every table's
+        # writes are done (they go in foreign-key order, after every table is planned).
+        self.rows, self.typed, self.plan = (sql.Identifier(f"replay_{part}_{n}")
+                                            for part in ("rows", "typed", "plan"))
         self.ident = sql.Identifier(schema, target)
         self.shape, self.columns, self.pk = shape, shape.columns, shape.pk
         self.mapping, self.report = mapping, report
@@ -318,7 +259,7 @@ class _Table:
              stored_after: int, history: History, target_revision: str | None) -> None:
         """The changes of `sources` (the target's own name, or the names it had in the new
         version) from the journal into the target, each mapped from its shape, then folded per
-        key into `replay_rows`."""
+        key into its rows table."""
         where = sql.SQL("c.release_id = {} AND c.stored > {} AND c.schema_name = {} "
                         "AND c.table_name IN ({})").format(
             sql.Literal(release_id), sql.Literal(stored_after), sql.Literal(self.schema),
@@ -352,62 +293,33 @@ class _Table:
         mapper = shapes.Mapper(self.target, self.columns, self.pk, self.shape.computed,
                                self.sources, self.expressions)
         self.report.dropped_columns.update(mapper.map(self.conn, history))
-        self.conn.execute("DROP TABLE IF EXISTS replay_rows")
-        self.conn.execute("CREATE TEMP TABLE replay_rows (id int PRIMARY KEY, k jsonb, first_op text, "
-                          "old jsonb, final jsonb) ON COMMIT DROP")
-        _merge_aggregate(self.conn)
-        self._carry_into_moved_rows()
-        self.conn.execute(f"SET LOCAL work_mem = '{FOLD_WORK_MEM}'")  # the fold sorts in memory
-        self.conn.execute(_NET)
-
-    def _carry_into_moved_rows(self) -> None:
-        """See `_BEFORE_MOVE`. Rare: one query per such row, in commit order (a row moved twice
-        carries what its first move brought)."""
-        moved = self.conn.execute(sql.SQL(
-            "SELECT pos, seq, key FROM replay_mapped WHERE op = 'update' AND NOT new @> key "
-            "AND {} <> key AND EXISTS (SELECT FROM unnest({}::text[]) c WHERE NOT new ? c) "
-            "ORDER BY pos, seq").format(_NEW_KEY, sql.Literal(self.columns))).fetchall()
-        key_match = sql.SQL(" AND ").join(
-            sql.SQL("{t}.{c} = {k}.{c}").format(t=_T, k=_P, c=sql.Identifier(c)) for c in self.pk)
-        for pos, seq, key in moved:
-            from_target, merged = self.conn.execute(
-                _BEFORE_MOVE, {"pos": pos, "seq": seq, "key": Jsonb(key)}).fetchone()  # type: ignore[misc]
-            before = merged or {}
-            if from_target:
-                row = self.conn.execute(sql.SQL(
-                    "SELECT to_jsonb({t}) FROM {tbl} AS {t}, jsonb_populate_record(NULL::{tbl}, %s) {k} "
-                    "WHERE {match}").format(t=_T, k=_P, tbl=self.ident, match=key_match),
-                    (Jsonb(key),)).fetchone()
-                before = {**(row[0] if row else {}), **before}
-            self.conn.execute(
-                "UPDATE replay_mapped SET new = %s || new WHERE pos = %s AND seq = %s",
-                (Jsonb({c: v for c, v in before.items() if c in self.columns}), pos, seq))
+        fold.carry_into_moved_rows(self.conn, self.ident, self.columns, self.pk)
+        fold.fold(self.conn, self.rows)
 
     def stage(self) -> None:
-        """The rows' values in the target's types, converted once (`replay_typed`)."""
+        """The rows' values in the target's types, converted once."""
         typed = sql.SQL(", ").join(
             sql.SQL("{} AS {}").format(self._typed(c, "final"), sql.Identifier(c)) for c in self.columns)
-        self.conn.execute("DROP TABLE IF EXISTS replay_typed")
         self.conn.execute(sql.SQL(
-            "CREATE TEMP TABLE replay_typed ON COMMIT DROP AS SELECT {r}.id AS deployctl_id, {typed} "
-            "FROM replay_rows {r}, "
+            "CREATE TEMP TABLE {typed_t} ON COMMIT DROP AS SELECT {r}.id AS deployctl_id, {typed} "
+            "FROM {rows} {r}, "
             "jsonb_populate_record(NULL::{tbl}, {r}.k || COALESCE({r}.final, '{{}}')) {j}"
-        ).format(r=_R, j=_J, tbl=self.ident, typed=typed))
-        self.conn.execute("ANALYZE replay_rows")
-        self.conn.execute("ANALYZE replay_typed")
+        ).format(r=_R, j=_J, tbl=self.ident, typed=typed, typed_t=self.typed, rows=self.rows))
+        self.conn.execute(sql.SQL("ANALYZE {}").format(self.rows))
+        self.conn.execute(sql.SQL("ANALYZE {}").format(self.typed))
 
     def _joined(self) -> sql.Composable:
         """The plan's rows with their delta rows, typed values and target rows."""
-        return sql.SQL("replay_rows {r} JOIN replay_typed {p} ON {p}.deployctl_id = {r}.id "
+        return sql.SQL("{rows} {r} JOIN {typed} {p} ON {p}.deployctl_id = {r}.id "
                        "LEFT JOIN {tbl} AS {t} ON {match}").format(
-                           r=_R, p=_P, t=_T, tbl=self.ident, match=self._key_match())
+                           r=_R, p=_P, t=_T, tbl=self.ident, match=self._key_match(), rows=self.rows,
+                           typed=self.typed)
 
     def classify(self) -> None:
-        """Decide each row's action and conflict, into `replay_plan` (see the module's docstring)."""
+        """Decide each row's action and conflict, into the plan (see the module's docstring)."""
         target_row = sql.SQL(", ").join(sql.SQL("{}.{}").format(_T, sql.Identifier(c)) for c in self.columns)
-        self.conn.execute("DROP TABLE IF EXISTS replay_plan")
         self.conn.execute(sql.SQL(
-            """CREATE TEMP TABLE replay_plan ON COMMIT DROP AS
+            """CREATE TEMP TABLE {plan} ON COMMIT DROP AS
                SELECT id, CASE WHEN deleted THEN CASE WHEN present THEN 'delete' ELSE 'already' END
                                WHEN present AND same_final THEN 'already'
                                WHEN present THEN 'update' ELSE 'insert' END AS action,
@@ -427,38 +339,28 @@ class _Table:
                      FROM {joined}
                      LEFT JOIN LATERAL jsonb_populate_record({t}, {r}.old) AS {j} ON {r}.old IS NOT NULL
                     ) AS classified""").format(
-                r=_R, t=_T, j=_J, joined=self._joined(), target_row=target_row,
+                r=_R, t=_T, j=_J, joined=self._joined(), target_row=target_row, plan=self.plan,
                 every=self._row(self.columns, keep_target=True), old_row=self._old_row()))
-        self.conn.execute("CREATE UNIQUE INDEX ON replay_plan (id)")
-        self.conn.execute("ANALYZE replay_plan")
+        self.conn.execute(sql.SQL("CREATE UNIQUE INDEX ON {} (id)").format(self.plan))
+        self.conn.execute(sql.SQL("ANALYZE {}").format(self.plan))
 
     def parents_gone(self, replayed: set[tuple[str, str]]) -> None:
         """Rows whose parent (by a foreign key to a table this replay does not write) is not in
         the target: conflict `parent_gone`, never written (the parent is not brought back)."""
-        for parent_schema, parent, columns, referenced in self.conn.execute(
-                """SELECT pn.nspname, p.relname,
-                          ARRAY(SELECT a.attname FROM unnest(f.conkey) WITH ORDINALITY k(n, o)
-                                JOIN pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = k.n
-                                ORDER BY k.o),
-                          ARRAY(SELECT a.attname FROM unnest(f.confkey) WITH ORDINALITY k(n, o)
-                                JOIN pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = k.n
-                                ORDER BY k.o)
-                   FROM pg_constraint f JOIN pg_class p ON p.oid = f.confrelid
-                   JOIN pg_namespace pn ON pn.oid = p.relnamespace
-                   WHERE f.contype = 'f' AND f.conrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
-                     AND (pn.nspname, p.relname) NOT IN
-                         (SELECT * FROM unnest(%s::text[], %s::text[]))""",
-                (self.schema, self.target, [s for s, _ in replayed],
-                 [t for _, t in replayed])).fetchall():
+        for (parent_schema, parent), columns, referenced in constraints.foreign_keys(
+                self.conn, self.schema, self.target):
+            if (parent_schema, parent) in replayed:
+                continue
             if not set(columns) <= set(self.columns):
                 continue
             pairs = list(zip(columns, referenced, strict=True))
             self.conn.execute(sql.SQL(
-                "UPDATE replay_plan pl SET conflict = {kind} FROM replay_typed {p} "
+                "UPDATE {plan} pl SET conflict = {kind} FROM {typed} {p} "
                 "WHERE {p}.deployctl_id = pl.id AND pl.action IN ('insert', 'update') "
                 "AND pl.conflict IS NULL AND {present} AND NOT EXISTS "
                 "(SELECT FROM {parent} x WHERE {match})").format(
                     kind=sql.Literal(UNWRITABLE), p=_P, parent=sql.Identifier(parent_schema, parent),
+                    plan=self.plan, typed=self.typed,
                     present=sql.SQL(" AND ").join(
                         sql.SQL("{}.{} IS NOT NULL").format(_P, sql.Identifier(c)) for c, _ in pairs),
                     match=sql.SQL(" AND ").join(
@@ -467,16 +369,16 @@ class _Table:
 
     def counts(self) -> Counter[tuple[str, str | None]]:
         """How many rows per (action, conflict)."""
-        return Counter({(a, c): n for a, c, n in self.conn.execute(
-            "SELECT action, conflict, count(*) FROM replay_plan GROUP BY 1, 2").fetchall()})
+        return Counter({(a, c): n for a, c, n in self.conn.execute(sql.SQL(
+            "SELECT action, conflict, count(*) FROM {} GROUP BY 1, 2").format(self.plan)).fetchall()})
 
     def conflicts(self) -> list[tuple[str, dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]:
         """Each conflict: kind, key, the delta's final values, the target's row."""
         return self.conn.execute(sql.SQL(
-            "SELECT pl.conflict, {r}.k, {r}.final, to_jsonb({t}) FROM replay_plan pl "
-            "JOIN replay_rows {r} ON {r}.id = pl.id LEFT JOIN {tbl} AS {t} ON {t}.ctid = pl.target_ctid "
+            "SELECT pl.conflict, {r}.k, {r}.final, to_jsonb({t}) FROM {plan} pl "
+            "JOIN {rows} {r} ON {r}.id = pl.id LEFT JOIN {tbl} AS {t} ON {t}.ctid = pl.target_ctid "
             "WHERE pl.conflict IS NOT NULL ORDER BY pl.id").format(
-                r=_R, t=_T, tbl=self.ident)).fetchall()  # type: ignore[return-value]
+                r=_R, t=_T, tbl=self.ident, plan=self.plan, rows=self.rows)).fetchall()  # type: ignore[return-value]
 
     def _old_row(self) -> sql.Composable:
         """The target row as the delta saw it before its first change: the old image over it."""
@@ -486,22 +388,13 @@ class _Table:
                 r=_R, l=sql.Literal(c), t=_T, c=sql.Identifier(c), v=self._typed(c, "old"))
             for c in self.columns)
 
-    def keep(self, n: int) -> None:
-        """Keep this table's plan until the writes (the next table reuses the working names)."""
-        self.n = n
-        for name in ("replay_rows", "replay_typed", "replay_plan"):
-            self.conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(name), sql.Identifier(f"{name}_{n}")))
-
     def write(self, action: str, overwrite: bool) -> None:
         """Write the planned rows of one action; conflicting ones only if `overwrite`."""
         planned = sql.SQL("pl.action = {} AND (pl.conflict IS NULL OR ({} AND pl.conflict <> {}))").format(
             sql.Literal(action), sql.Literal(overwrite), sql.Literal(UNWRITABLE))
         rows = sql.SQL("{plan} pl JOIN {rows} {r} ON {r}.id = pl.id "
                        "JOIN {typed} {p} ON {p}.deployctl_id = pl.id").format(
-                           r=_R, p=_P, plan=sql.Identifier(f"replay_plan_{self.n}"),
-                           rows=sql.Identifier(f"replay_rows_{self.n}"),
-                           typed=sql.Identifier(f"replay_typed_{self.n}"))
+                           r=_R, p=_P, plan=self.plan, rows=self.rows, typed=self.typed)
         match = self._key_match()
         if action == "delete":
             self.conn.execute(sql.SQL("DELETE FROM {tbl} AS {t} USING {rows} WHERE {planned} AND {match}"
@@ -585,11 +478,10 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
             with progress.watching("replay", lambda: sum(t.changes for t in report.tables.values()),
                                    sum(row[-1] if not isinstance(row, dict) else row["count"]
                                        for row in counted), unit="changes"):
-                for (schema, target), sources in sorted(groups.items()):
-                    table = _one_table(conn, state, release_id, schema, target, sources, options,
-                                       report, side_effects, stored_after, revision, set(groups))
+                for n, ((schema, target), sources) in enumerate(sorted(groups.items())):
+                    table = _one_table(conn, state, release_id, n, schema, target, sources,
+                                       options, report, side_effects, stored_after, revision, set(groups))
                     if table is not None:
-                        table.keep(len(planned))
                         planned.append(table)
             if report.conflicts and options.on_conflict == "fail":
                 raise ReplayConflict(report)
@@ -640,7 +532,7 @@ def _revision(conn: psycopg.Connection[Any], history: History) -> str | None:
     return ",".join(sorted(heads)) or None
 
 
-def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
+def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int, n: int,
                schema: str, target: str, sources: dict[str, int], options: Options, report: Report,
                side_effects: list[dict[str, Any]], stored_after: int, revision: str | None,
                replayed: set[tuple[str, str]]) -> _Table | None:
@@ -663,7 +555,7 @@ def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], re
         return None
     columns = {col: spec for source in sources
                for col, spec in options.tables.get(source, TableMap()).columns.items()}
-    table = _Table(conn, schema, target, shape, TableMap(target, columns), table_report,
+    table = _Table(conn, n, schema, target, shape, TableMap(target, columns), table_report,
                    options.json_as_text)
     table.load(state, release_id, sorted(sources), stored_after, options.history, revision)
     table.stage()

@@ -1,0 +1,108 @@
+"""The fold: one table's changes, each mapped to the target's shape already (`replay_mapped`),
+to each row's net effect, computed in the target in one query.
+
+An UPDATE that changes the key is a DELETE of the old key and an INSERT of the new one. A row's
+final values merge its changes since the key's last DELETE, in commit order, so a TOASTed value
+an update left out keeps the value known before. A row moved to another key by an update that
+left columns out takes those columns along from its old key first (`carry_into_moved_rows`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+WORK_MEM = "64MB"   # the fold sorts in memory
+_NEW_KEY = sql.SQL("(SELECT jsonb_object_agg(k, new ->> k) FROM jsonb_object_keys(key) k)")
+_ORDER = sql.SQL("pos::numeric * 8589934592 + seq * 2")   # (pos, seq) as one number
+
+# One sort serves every window of a key; its first row carries the result.
+_NET = sql.SQL("""
+WITH raw AS (
+    SELECT pos, seq, op, key, new, old,
+           CASE WHEN op = 'update' AND NOT new @> key THEN {new_key} END AS new_key
+    FROM replay_mapped),
+steps AS (
+    SELECT pos, seq, 0 AS part, op, key, new, old FROM raw WHERE new_key IS NULL OR new_key = key
+    UNION ALL
+    SELECT pos, seq, 0, 'delete', key, NULL, old FROM raw WHERE new_key <> key
+    UNION ALL
+    SELECT pos, seq, 1, 'insert', new_key, new, NULL FROM raw WHERE new_key <> key),
+ordered AS (
+    SELECT *, {order} + part AS ord,
+           max(CASE WHEN op = 'delete' THEN {order} + part END) OVER (PARTITION BY key) AS last_delete
+    FROM steps),
+per_key AS (
+    SELECT key, row_number() OVER w AS n, first_value(op) OVER w AS first_op,
+           first_value(old) OVER w AS first_old, last_value(op) OVER w AS last_op,
+           pg_temp.deployctl_merge(new) FILTER (WHERE last_delete IS NULL OR ord > last_delete)
+               OVER w AS merged
+    FROM ordered
+    WINDOW w AS (PARTITION BY key ORDER BY pos, seq, part
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))
+INSERT INTO {into}
+SELECT (row_number() OVER ()) - 1, key, first_op, first_old,
+       CASE WHEN last_op = 'delete' THEN NULL ELSE merged END
+FROM per_key WHERE n = 1
+""")
+
+# What the row at `key` held just before (pos, seq): the delta's changes of that key since its
+# last DELETE, and whether the target's row is where the rest comes from (no DELETE before).
+_BEFORE_MOVE = sql.SQL("""
+WITH m AS (
+    SELECT {order} AS ord, op, key, new, CASE WHEN op = 'update' THEN {new_key} END AS new_key
+    FROM replay_mapped WHERE (pos, seq) < (%(pos)s, %(seq)s)),
+touching AS (
+    SELECT ord, new, op = 'delete' OR (op = 'update' AND key = %(key)s AND new_key <> key) AS gone
+    FROM m WHERE key = %(key)s OR new_key = %(key)s),
+last_gone AS (SELECT max(ord) AS ord FROM touching WHERE gone)
+SELECT (SELECT ord IS NULL FROM last_gone),
+       (SELECT pg_temp.deployctl_merge(new ORDER BY ord) FROM touching
+        WHERE NOT gone AND ord > COALESCE((SELECT ord FROM last_gone), -1))
+""").format(new_key=_NEW_KEY, order=_ORDER)
+
+
+def _merge_aggregate(conn: psycopg.Connection[Any]) -> None:
+    """jsonb `||` as an aggregate, in this session's temporary schema."""
+    exists = conn.execute("SELECT 1 FROM pg_proc WHERE proname = 'deployctl_merge' "
+                          "AND pronamespace = pg_my_temp_schema()").fetchone()
+    if not exists:
+        conn.execute("CREATE AGGREGATE pg_temp.deployctl_merge(jsonb) (SFUNC = jsonb_concat, STYPE = jsonb)")
+
+
+def carry_into_moved_rows(conn: psycopg.Connection[Any], table: sql.Identifier, columns: list[str],
+                          pk: list[str]) -> None:
+    """Fill in the columns a key-moving update left out, from its old key. Rare: one query per
+    such row, in commit order (a row moved twice carries what its first move brought)."""
+    _merge_aggregate(conn)
+    moved = conn.execute(sql.SQL(
+        "SELECT pos, seq, key FROM replay_mapped WHERE op = 'update' AND NOT new @> key "
+        "AND {} <> key AND EXISTS (SELECT FROM unnest({}::text[]) c WHERE NOT new ? c) "
+        "ORDER BY pos, seq").format(_NEW_KEY, sql.Literal(columns))).fetchall()
+    # Aliases no user's column is called.
+    key_match = sql.SQL(" AND ").join(
+        sql.SQL("deployctl_t.{c} = deployctl_k.{c}").format(c=sql.Identifier(c)) for c in pk)
+    for pos, seq, key in moved:
+        from_target, merged = conn.execute(
+            _BEFORE_MOVE, {"pos": pos, "seq": seq, "key": Jsonb(key)}).fetchone()  # type: ignore[misc]
+        before = merged or {}
+        if from_target:
+            row = conn.execute(sql.SQL(
+                "SELECT to_jsonb(deployctl_t) FROM {tbl} AS deployctl_t, "
+                "jsonb_populate_record(NULL::{tbl}, %s) deployctl_k "
+                "WHERE {match}").format(tbl=table, match=key_match), (Jsonb(key),)).fetchone()
+            before = {**(row[0] if row else {}), **before}
+        conn.execute("UPDATE replay_mapped SET new = %s || new WHERE pos = %s AND seq = %s",
+                      (Jsonb({c: v for c, v in before.items() if c in columns}), pos, seq))
+
+
+def fold(conn: psycopg.Connection[Any], into: sql.Identifier) -> None:
+    """`replay_mapped` folded into a new temporary table `into` (id, k, first_op, old, final)."""
+    _merge_aggregate(conn)
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} (id int PRIMARY KEY, k jsonb, first_op text, old jsonb, "
+                         "final jsonb) ON COMMIT DROP").format(into))
+    conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+    conn.execute(_NET.format(new_key=_NEW_KEY, order=_ORDER, into=into))
