@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from deployctl.db import capture, replay, restore
+from deployctl.db import capture, capture_store, replay, restore
 from deployctl.db.capture import CaptureInfo, CaptureLost
 from deployctl.db.shapes import History
 from deployctl.errors import BadInput, StepFailed
@@ -65,7 +65,7 @@ def require_complete(journal: Journal, release_id: int) -> None:
 
 
 def drain(journal: Journal, pb: Playbook, release_id: int, conn: psycopg.Connection[Any] | None = None,
-          upto_lsn: str | None = None) -> capture.Drained | None:
+          upto_lsn: str | None = None) -> capture_store.Drained | None:
     """Drain what the capture holds into the journal; a lost slot marks the delta incomplete."""
     row = journal.capture(release_id)
     if row is None or row["status"] != "active":

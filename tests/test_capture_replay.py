@@ -30,7 +30,7 @@ import pytest
 from psycopg import sql
 
 from deployctl import delta
-from deployctl.db import capture, pgoutput, replay, restore
+from deployctl.db import capture, capture_store, pgoutput, replay, restore
 from deployctl.db.capture import XidSnapshot
 from deployctl.errors import StepFailed
 from deployctl.journal import Journal, with_dbname
@@ -44,7 +44,7 @@ MODES = ["logical", "trigger"]
 
 # -- helpers -------------------------------------------------------------------------------
 
-def drain(run: Run) -> capture.Drained:
+def drain(run: Run) -> capture_store.Drained:
     drained = delta.drain(run.journal, run.pb, run.release_id)
     assert drained is not None, "the capture is not active"
     return drained
@@ -645,8 +645,8 @@ def store_without_advancing(run: Run) -> int:
         decoder = pgoutput.Decoder()
         transactions = [t for (data,) in messages if (t := decoder.feed(bytes(data))) is not None]
         rows = [r for t in transactions for r in capture._rows_of(t)]
-        seen = capture.Drained()
-        capture._record(state, run.release_id, rows, seen, transactions[-1].end_lsn)
+        seen = capture_store.Drained()
+        capture_store.record(state, run.release_id, rows, seen, transactions[-1].end_lsn)
         return seen.changes
 
 

@@ -19,7 +19,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -27,8 +27,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
+from deployctl.db import capture_store as store
 from deployctl.db import pgoutput
 from deployctl.log import log
 
@@ -195,18 +195,6 @@ def cleanup(conn: psycopg.Connection[Any], app: str, keep: set[str]) -> list[str
 
 # -- draining ----------------------------------------------------------------------------------
 
-@dataclass
-class Drained:
-    changes: int = 0
-    in_snapshot: int = 0
-    migrations: int = 0
-    own_writes: int = 0
-
-    def add(self, other: Drained) -> None:
-        for field in ("changes", "in_snapshot", "migrations", "own_writes"):
-            setattr(self, field, getattr(self, field) + getattr(other, field))
-
-
 def _key(relation: pgoutput.Relation, values: dict[str, Any]) -> dict[str, Any]:
     return {c.name: values.get(c.name) for c in relation.columns if c.key}
 
@@ -238,106 +226,24 @@ def _rows_of(tx: pgoutput.Transaction) -> Iterator[tuple[Any, ...]]:
             key = _key(relation, identity) if identity is not None and change.op != "truncate" else None
             # A key-only old tuple is just the key: keep `old` for full row images only.
             yield (tx.commit_lsn, seq, tx.xid, tx.commit_time, relation.schema, relation.name,
-                   change.op, _json(key), _json(new),
-                   _json(old) if not change.old_is_key else None, unchanged, _shape(relation))
+                   change.op, store.jsonb(key), store.jsonb(new),
+                   store.jsonb(old) if not change.old_is_key else None, unchanged, _shape(relation))
             seq += 1
-
-
-def _json(value: dict[str, Any] | None) -> Jsonb | None:
-    return Jsonb(value) if value is not None else None
 
 
 JSON_TYPES = (114, 3802)  # json, jsonb
 
-ShapeKey = tuple[str, str, tuple[str, ...], tuple[str, ...]]
-
-
-def _shape(relation: pgoutput.Relation) -> ShapeKey:
+def _shape(relation: pgoutput.Relation) -> store.ShapeKey:
     """The shape a change was captured in: its table's columns, and which hold JSON (logical
     capture keeps those as text, so that replay can read them as JSON where it must)."""
     return (relation.schema, relation.name, tuple(c.name for c in relation.columns),
             tuple(c.name for c in relation.columns if c.type_oid in JSON_TYPES))
 
 
-def _shape_ids(state: psycopg.Connection[Any], release_id: int, keys: set[ShapeKey]) -> dict[ShapeKey, int]:
-    ids = {}
-    for key in keys:
-        row = state.execute(
-            """WITH added AS (
-                   INSERT INTO deployctl.shapes (release_id, schema_name, table_name, columns, json_columns)
-                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id)
-               SELECT id FROM added UNION ALL
-               SELECT id FROM deployctl.shapes WHERE (release_id, schema_name, table_name, columns,
-                                                      json_columns) = (%s, %s, %s, %s, %s)""",
-            (release_id, *key[:2], list(key[2]), list(key[3]),
-             release_id, *key[:2], list(key[2]), list(key[3]))).fetchone()
-        assert row is not None
-        ids[key] = row[0]
-    return ids
-
-
-def _store(state: psycopg.Connection[Any], release_id: int, rows: list[tuple[Any, ...]]) -> int:
-    """Copy rows (their last field: the shape, or None) into the journal, skipping those it has
-    (a resent batch after a crash)."""
-    state.execute(
-        """CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE deployctl.changes INCLUDING DEFAULTS)
-           ON COMMIT DELETE ROWS""")
-    columns = ("release_id", "pos", "seq", "xid", "committed_at", "schema_name", "table_name",
-               "op", "key", "new", "old", "unchanged", "shape")
-    shapes = _shape_ids(state, release_id, {row[-1] for row in rows if row[-1] is not None})
-    with state.cursor().copy(sql.SQL("COPY incoming ({}) FROM STDIN").format(
-            sql.SQL(", ").join(map(sql.Identifier, columns)))) as copy:
-        for row in rows:
-            copy.write_row((release_id, *row[:-1], shapes.get(row[-1])))
-    cur = state.execute("INSERT INTO deployctl.changes SELECT * FROM incoming ON CONFLICT DO NOTHING")
-    return cur.rowcount
-
-
-def _record(state: psycopg.Connection[Any], release_id: int, rows: list[tuple[Any, ...]],
-            seen: Drained, to: int, migrated: Sequence[tuple[int, str | None]] = ()) -> None:
-    """Store a batch, the capture's counters and the migrations seen, in one journal transaction."""
-    with state.transaction():
-        seen.changes = _store(state, release_id, rows)
-        state.execute(
-            """UPDATE deployctl.captures SET drained_to = GREATEST(drained_to, %s),
-                   in_snapshot = in_snapshot + %s, migrations = migrations + %s,
-                   own_writes = own_writes + %s,
-                   -- a resent batch brings its migrations again: one point per position
-                   revisions = (SELECT COALESCE(jsonb_agg(p ORDER BY (p ->> 0)::numeric), '[]')
-                                FROM (SELECT DISTINCT ON (p ->> 0) p
-                                      FROM jsonb_array_elements(revisions || %s) p) points)
-               WHERE release_id = %s""",
-            (to, seen.in_snapshot, seen.migrations, seen.own_writes,
-             Jsonb([list(point) for point in migrated]), release_id))
-
-
-def current_revision(state: psycopg.Connection[Any], release_id: int) -> str | None:
-    """The Alembic revision after the last migration the capture has seen (else its base)."""
-    row = state.execute(
-        "SELECT base_revision, revisions -> -1 ->> 1, jsonb_array_length(revisions) "
-        "FROM deployctl.captures WHERE release_id = %s", (release_id,)).fetchone()
-    if row is None:
-        return None
-    base, last, points = row
-    return last if points else base
-
-
-def revision_after(before: str | None, writes: Iterable[tuple[Any, Any]]) -> str | None:
-    """alembic_version's contents after a migration's writes to it, each (old, new) version_num
-    (a branched history holds one row per head: they are listed with commas)."""
-    heads = set(before.split(",")) if before else set()
-    for old, new in writes:
-        if old is not None:
-            heads.discard(str(old))
-        if new is not None:
-            heads.add(str(new))
-    return ",".join(sorted(heads)) or None
-
-
 def drain_logical(app: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
-                  slot: str, snapshot: XidSnapshot, upto_lsn: str | None = None) -> Drained:
+                  slot: str, snapshot: XidSnapshot, upto_lsn: str | None = None) -> store.Drained:
     """Move the slot's committed transactions into the journal; return what was seen."""
-    total = Drained()
+    total = store.Drained()
     while True:
         status = app.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
                              (slot,)).fetchone()
@@ -349,9 +255,9 @@ def drain_logical(app: psycopg.Connection[Any], state: psycopg.Connection[Any], 
             (slot, upto_lsn, BATCH, slot)).fetchall()
         decoder = pgoutput.Decoder()
         rows: list[tuple[Any, ...]] = []
-        seen = Drained()
+        seen = store.Drained()
         migrated: list[tuple[int, str | None]] = []
-        revision = current_revision(state, release_id)
+        revision = store.current_revision(state, release_id)
         end_lsn = 0
         for (data,) in messages:
             tx = decoder.feed(bytes(data))
@@ -366,13 +272,13 @@ def drain_logical(app: psycopg.Connection[Any], state: psycopg.Connection[Any], 
                             for c in tx.changes
                             if c.relation is not None and c.relation.name == MIGRATION_TABLE]:
                 seen.migrations += 1
-                revision = revision_after(revision, writes)
+                revision = store.revision_after(revision, writes)
                 migrated.append((tx.commit_lsn, revision))
             else:
                 rows.extend(_rows_of(tx))
         if end_lsn == 0:
             return total
-        _record(state, release_id, rows, seen, end_lsn, migrated)
+        store.record(state, release_id, rows, seen, end_lsn, migrated)
         total.add(seen)
         # Only now that the journal has them may the slot forget them.
         app.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
@@ -393,9 +299,9 @@ def _primary_keys(app: psycopg.Connection[Any]) -> dict[tuple[str, str], list[st
 
 
 def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
-                   snapshot: XidSnapshot) -> Drained:
+                   snapshot: XidSnapshot) -> store.Drained:
     """Move committed rows of the capture table into the journal, then delete them there."""
-    total = Drained()
+    total = store.Drained()
     keys = _primary_keys(app)
     while True:
         with app.transaction():
@@ -408,11 +314,11 @@ def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any],
                 (MIGRATION_TABLE, BATCH)).fetchall()
         if not rows:
             return total
-        seen = Drained()
+        seen = store.Drained()
         batch: list[tuple[Any, ...]] = []
         transactions: dict[int, str] = {}
         migrated: list[tuple[int, str | None]] = []
-        revision = current_revision(state, release_id)
+        revision = store.current_revision(state, release_id)
         for id_, txid, schema, table, op, old, new, migration in rows:
             if migration:
                 transactions[txid] = "migrations"
@@ -421,7 +327,7 @@ def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any],
                     # changes at this row's position, whenever the transactions commit.
                     before, after = (json.loads(image)["version_num"] if image else None
                                      for image in (old, new))
-                    revision = revision_after(revision, [(before, after)])
+                    revision = store.revision_after(revision, [(before, after)])
                     migrated.append((id_, revision))
             elif snapshot.visible(txid):
                 transactions[txid] = "in_snapshot"
@@ -433,10 +339,10 @@ def drain_triggers(app: psycopg.Connection[Any], state: psycopg.Connection[Any],
                 key = ({c: _text(identity[c]) for c in key_cols}
                        if identity and key_cols and all(c in identity for c in key_cols) else None)
                 # A trigger row's JSON values are JSON already: its shape is its own keys.
-                batch.append((id_, 0, txid, None, schema, table, op, _json(key), new, old, [], None))
+                batch.append((id_, 0, txid, None, schema, table, op, store.jsonb(key), new, old, [], None))
         for kind in transactions.values():
             setattr(seen, kind, getattr(seen, kind) + 1)
-        _record(state, release_id, batch, seen, rows[-1][0], migrated)
+        store.record(state, release_id, batch, seen, rows[-1][0], migrated)
         total.add(seen)
         app.execute("DELETE FROM deployctl_capture.changes WHERE id = ANY(%s)", ([r[0] for r in rows],))
         if len(rows) < BATCH:
@@ -483,7 +389,7 @@ def wait_flushed(app: psycopg.Connection[Any], lsn: str, timeout: float = 10.0) 
 
 
 def drain_with(app: psycopg.Connection[Any], state_dsn: str, info: CaptureInfo,
-               upto_lsn: str | None = None) -> Drained:
+               upto_lsn: str | None = None) -> store.Drained:
     """One drain over an open connection to the captured database."""
     for setting, value in SESSION_FORMATS:
         app.execute("SELECT set_config(%s, %s, false)", (setting, value))
@@ -496,7 +402,7 @@ def drain_with(app: psycopg.Connection[Any], state_dsn: str, info: CaptureInfo,
         return drain_triggers(app, state, info.release_id, info.snapshot)
 
 
-def drain(app_dsn: str, state_dsn: str, info: CaptureInfo) -> Drained:
+def drain(app_dsn: str, state_dsn: str, info: CaptureInfo) -> store.Drained:
     """One drain, with connections of its own."""
     with psycopg.connect(app_dsn, autocommit=True) as app:
         return drain_with(app, state_dsn, info)

@@ -1,0 +1,111 @@
+"""What a drain stores in the journal: the changes it read (with the shapes they were captured
+in), the capture's counters, and the migrations it saw, all in one journal transaction per batch,
+before the slot (or capture table) lets go of them: a crash resends, never loses, and the
+journal ignores a change it already has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+# (schema, table, columns, columns that hold JSON)
+ShapeKey = tuple[str, str, tuple[str, ...], tuple[str, ...]]
+
+
+@dataclass
+class Drained:
+    """What drains saw: changes stored, and transactions left out (and why)."""
+
+    changes: int = 0
+    in_snapshot: int = 0
+    migrations: int = 0
+    own_writes: int = 0
+
+    def add(self, other: Drained) -> None:
+        for field in ("changes", "in_snapshot", "migrations", "own_writes"):
+            setattr(self, field, getattr(self, field) + getattr(other, field))
+
+
+def jsonb(value: dict[str, Any] | None) -> Jsonb | None:
+    return Jsonb(value) if value is not None else None
+
+
+def _shape_ids(state: psycopg.Connection[Any], release_id: int, keys: set[ShapeKey]) -> dict[ShapeKey, int]:
+    ids = {}
+    for key in keys:
+        row = state.execute(
+            """WITH added AS (
+                   INSERT INTO deployctl.shapes (release_id, schema_name, table_name, columns, json_columns)
+                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id)
+               SELECT id FROM added UNION ALL
+               SELECT id FROM deployctl.shapes WHERE (release_id, schema_name, table_name, columns,
+                                                      json_columns) = (%s, %s, %s, %s, %s)""",
+            (release_id, *key[:2], list(key[2]), list(key[3]),
+             release_id, *key[:2], list(key[2]), list(key[3]))).fetchone()
+        assert row is not None
+        ids[key] = row[0]
+    return ids
+
+
+def _store(state: psycopg.Connection[Any], release_id: int, rows: list[tuple[Any, ...]]) -> int:
+    """Copy rows (their last field: the shape, or None) into the journal, skipping those it has
+    (a resent batch after a crash)."""
+    state.execute(
+        """CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE deployctl.changes INCLUDING DEFAULTS)
+           ON COMMIT DELETE ROWS""")
+    columns = ("release_id", "pos", "seq", "xid", "committed_at", "schema_name", "table_name",
+               "op", "key", "new", "old", "unchanged", "shape")
+    shapes = _shape_ids(state, release_id, {row[-1] for row in rows if row[-1] is not None})
+    with state.cursor().copy(sql.SQL("COPY incoming ({}) FROM STDIN").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)))) as copy:
+        for row in rows:
+            copy.write_row((release_id, *row[:-1], shapes.get(row[-1])))
+    cur = state.execute("INSERT INTO deployctl.changes SELECT * FROM incoming ON CONFLICT DO NOTHING")
+    return cur.rowcount
+
+
+def record(state: psycopg.Connection[Any], release_id: int, rows: list[tuple[Any, ...]],
+            seen: Drained, to: int, migrated: Sequence[tuple[int, str | None]] = ()) -> None:
+    """Store a batch, the capture's counters and the migrations seen, in one journal transaction."""
+    with state.transaction():
+        seen.changes = _store(state, release_id, rows)
+        state.execute(
+            """UPDATE deployctl.captures SET drained_to = GREATEST(drained_to, %s),
+                   in_snapshot = in_snapshot + %s, migrations = migrations + %s,
+                   own_writes = own_writes + %s,
+                   -- a resent batch brings its migrations again: one point per position
+                   revisions = (SELECT COALESCE(jsonb_agg(p ORDER BY (p ->> 0)::numeric), '[]')
+                                FROM (SELECT DISTINCT ON (p ->> 0) p
+                                      FROM jsonb_array_elements(revisions || %s) p) points)
+               WHERE release_id = %s""",
+            (to, seen.in_snapshot, seen.migrations, seen.own_writes,
+             Jsonb([list(point) for point in migrated]), release_id))
+
+
+def current_revision(state: psycopg.Connection[Any], release_id: int) -> str | None:
+    """The Alembic revision after the last migration the capture has seen (else its base)."""
+    row = state.execute(
+        "SELECT base_revision, revisions -> -1 ->> 1, jsonb_array_length(revisions) "
+        "FROM deployctl.captures WHERE release_id = %s", (release_id,)).fetchone()
+    if row is None:
+        return None
+    base, last, points = row
+    return last if points else base
+
+
+def revision_after(before: str | None, writes: Iterable[tuple[Any, Any]]) -> str | None:
+    """alembic_version's contents after a migration's writes to it, each (old, new) version_num
+    (a branched history holds one row per head: they are listed with commas)."""
+    heads = set(before.split(",")) if before else set()
+    for old, new in writes:
+        if old is not None:
+            heads.discard(str(old))
+        if new is not None:
+            heads.add(str(new))
+    return ",".join(sorted(heads)) or None
