@@ -17,6 +17,7 @@ from deployctl.fleet.routers import BLUE, GREEN, Endpoint, Readings, Router, Spl
 from deployctl.fleet.routers.command import CommandRouter
 from deployctl.fleet.routers.haproxy import HaproxyRouter, color_of
 from deployctl.fleet.routers.nginx import NginxRouter
+from tests.conftest import wait_for
 from tests.routers_env import (  # noqa: F401 (the *_fixture names register the fixtures)
     RETRY_AFTER,
     Backends,
@@ -275,12 +276,21 @@ def check_readings(port: int, router: Router) -> None:
         for i in range(count):
             answer = request(port, user, path="/fail" if i < failing else "/")
             assert answer.status == (500 if i < failing else 200) and answer.body == color
-    after = router.readings()
-    for color, (count, failing) in sent.items():
-        was, now = getattr(before, color), getattr(after, color)
-        assert was is not None and now is not None
-        assert (now.requests - was.requests, now.errors - was.errors) == (count, failing), color
-        assert now.response_ms is not None and now.response_ms >= 0
+
+    def counted() -> dict[str, tuple[int, int]]:
+        after = router.readings()
+        seen = {}
+        for color in sent:
+            was, now = getattr(before, color), getattr(after, color)
+            assert was is not None and now is not None
+            assert now.response_ms is not None and now.response_ms >= 0
+            seen[color] = (now.requests - was.requests, now.errors - was.errors)
+        return seen
+
+    # A proxy logs a request once it has answered it, so the last line may come a moment later.
+    wait_for("every request to be counted",
+             lambda: all(c[0] >= sent[k][0] for k, c in counted().items()), timeout=10)
+    assert counted() == sent
 
 
 # --- command -------------------------------------------------------------------------------------

@@ -388,7 +388,8 @@ def test_upgrade_fails_with_lock_timeout_when_a_table_stays_locked_and_retries_a
     with psycopg.connect(env.app_dsn) as holder:
         holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
-        with pytest.raises(LockTimeout, match="alembic upgrade 0002 failed"):
+        # The reason names PostgreSQL's error, not the link SQLAlchemy prints after it.
+        with pytest.raises(LockTimeout, match="alembic upgrade 0002 failed: .*lock timeout"):
             alembic(env, lock_timeout_s=0.2).upgrade("0002", retries=0)
         took = time.monotonic() - started
         holder.rollback()
@@ -399,7 +400,7 @@ def test_upgrade_fails_with_lock_timeout_when_a_table_stays_locked_and_retries_a
 
 def test_upgrade_retries_a_lock_timeout_until_the_lock_is_released(env: Env) -> None:
     migrate_to(env, "0001")
-    retrying = "migration waited too long for a lock; retrying"
+    retrying = "migration waited too long for a lock or lost a deadlock; retrying"
     holder = psycopg.connect(env.app_dsn)
     try:
         holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
@@ -420,6 +421,35 @@ def test_upgrade_retries_a_lock_timeout_until_the_lock_is_released(env: Env) -> 
     retried = [e for e in logs if e["event"] == retrying]
     assert retried, "at least one attempt timed out and was retried"
     assert [e["attempt"] for e in retried] == list(range(1, len(retried) + 1))
+
+
+def test_upgrade_retries_a_migration_that_postgresql_chose_to_abort_in_a_deadlock(env: Env) -> None:
+    # 0002 alters users, then creates reactions, whose foreign key needs a lock on messages. A user
+    # transaction holding messages that then reads users closes the circle; the migration, which
+    # waited first, is the one PostgreSQL aborts. It must be tried again, not fail the release.
+    migrate_to(env, "0001")
+    retrying = "migration waited too long for a lock or lost a deadlock; retrying"
+    user = psycopg.connect(env.app_dsn)
+    try:
+        user.execute("LOCK TABLE messages IN ROW EXCLUSIVE MODE")
+
+        def read_users_once_the_migration_waits() -> None:
+            with psycopg.connect(env.app_dsn, autocommit=True) as watcher:
+                wait_for("the migration to wait for messages", lambda: watcher.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'messages'::regclass"
+                ).fetchone()[0] > 0, timeout=30)  # type: ignore[index]
+            user.execute("SELECT count(*) FROM users")  # waits until the migration is aborted
+            user.commit()
+
+        with capture_logs() as logs:
+            reader, outcome = in_thread(read_users_once_the_migration_waits)
+            alembic(env, lock_timeout_s=20).upgrade("0002", retries=3)
+        reader.join(10)
+    finally:
+        user.close()
+    assert "error" not in outcome, outcome
+    assert env.revision() == "0002"
+    assert [e["attempt"] for e in logs if e["event"] == retrying] == [1]
 
 
 def test_downgrade_back_to_0001_removes_0002s_changes(env: Env) -> None:

@@ -3,13 +3,15 @@
 Alembic runs as a child process with the project's own env.py, so deployctl works with any
 Alembic project: the DSN goes in through an environment variable (`migrations.url_env`, default
 DATABASE_URL) and the timeouts through PGOPTIONS, which libpq applies to every connection the
-migration opens. A lock timeout means a busy table, not a broken migration: it is retried with
-exponential backoff; any other failure is final.
+migration opens. A lock timeout or a deadlock means busy tables, not a broken migration: PostgreSQL
+rolled the migration's transaction back, so it is retried with exponential backoff; any other
+failure is final.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,12 +33,18 @@ from deployctl.errors import BadInput, StepFailed
 from deployctl.log import log
 from deployctl.redact import redact
 
-# SQLSTATE 55P03 (lock_not_available), as psycopg and PostgreSQL word it.
-_LOCK_TIMEOUT_MARKERS = ("LockNotAvailable", "lock timeout", "55P03")
+# SQLSTATE 55P03 (lock_not_available) and 40P01 (deadlock_detected), as psycopg and PostgreSQL
+# word them. A user transaction that inserts a row holds its table and then waits for the parent
+# table the migration holds for its foreign-key check: PostgreSQL may pick the migration to abort.
+_BUSY_MARKERS = ("LockNotAvailable", "lock timeout", "55P03",
+                 "DeadlockDetected", "deadlock detected", "40P01")
+# The line of a Python traceback that names the exception (`sqlalchemy.exc.OperationalError: …`);
+# SQLAlchemy prints a link after it, which says nothing about what went wrong.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*:")
 
 
 class LockTimeout(StepFailed):
-    """The migration gave up waiting for a lock; worth another try."""
+    """The migration gave up waiting for a lock, or lost a deadlock; worth another try."""
 
 
 @dataclass(frozen=True)
@@ -75,15 +83,13 @@ class Alembic:
         argv = [sys.executable, "-m", "alembic", "-c", str(self.ini), *args]
         result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
-            tail = redact(result.stderr.strip().splitlines()[-1:] or ["no output"])[0]
-            error = LockTimeout if any(m in result.stderr for m in _LOCK_TIMEOUT_MARKERS) else (
-                StepFailed)
-            raise error(f"alembic {' '.join(args)} failed: {tail}")
+            error = LockTimeout if any(m in result.stderr for m in _BUSY_MARKERS) else StepFailed
+            raise error(f"alembic {' '.join(args)} failed: {_what_failed(result.stderr)}")
         return result.stdout
 
     def _with_retries(self, retries: int, *args: str) -> None:
         def note(state: RetryCallState) -> None:
-            log.warning("migration waited too long for a lock; retrying",
+            log.warning("migration waited too long for a lock or lost a deadlock; retrying",
                         attempt=state.attempt_number, command=" ".join(args))
 
         for attempt in Retrying(
@@ -105,3 +111,10 @@ class Alembic:
     def offline_sql(self, start: str | None, target: str) -> str:
         """The SQL the upgrade would run (`alembic upgrade START:TARGET --sql`); connects nowhere."""
         return self._run("upgrade", f"{start or 'base'}:{target}", "--sql")
+
+
+def _what_failed(stderr: str) -> str:
+    """The line of Alembic's output that says what went wrong: the exception, else the last."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    named = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return redact((named or lines or ["no output"])[-1])
