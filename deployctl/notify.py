@@ -57,7 +57,11 @@ class Notifier:
     def _deliver(self) -> None:
         while (item := self.pending.get()) is not None:
             hook, body = item
-            _post(hook, body)
+            try:
+                _post(hook, body)
+            except Exception as exc:  # noqa: BLE001 - one notification must not silence the rest
+                log.warning("notification not delivered", notification=body.get("event"),
+                            problem=type(exc).__name__)
 
 
 def _post(hook: WebhookConfig, body: dict[str, Any]) -> bool:
@@ -80,5 +84,6 @@ def _post(hook: WebhookConfig, body: dict[str, Any]) -> bool:
             problem = type(exc).__name__
         if attempt < hook.retries:
             time.sleep(BACKOFF_S * 2 ** attempt)
-    log.warning("notification not delivered", webhook=where, event=body.get("event"), problem=problem)
+    log.warning("notification not delivered", webhook=where, notification=body.get("event"),
+                problem=problem)
     return False

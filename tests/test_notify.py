@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from deployctl.notify import Notifier
+from deployctl.playbook import load
 from tests.conftest import Env, free_port
 from tests.routers_env import HaproxyEnv
 from tests.test_traffic import GATES, Users, haproxy_fixture, released_v1, routed  # noqa: F401
@@ -93,3 +95,15 @@ def test_a_webhook_that_never_answers_does_not_fail_the_release(env: Env, haprox
     assert done.returncode == 0, done.stdout + done.stderr
     assert "notification not delivered" in done.stdout + done.stderr
     assert TOKEN not in done.stdout + done.stderr, "a webhook's URL holds its token: never printed"
+
+
+def test_a_notification_that_fails_does_not_silence_the_ones_after_it(env: Env, hook: Hook) -> None:
+    # No retries: the hook answers 500 to every other attempt, so every other notification fails.
+    pb = load(env.playbook("2", notify={"webhooks": [{"url": hook.url, "retries": 0}]}))
+    notifier = Notifier(pb, release_id=7)
+    sent = ["start", "cohort", "breach", "rollback", "end"]
+    for event in sent:
+        notifier.send(event, f"{event} happened")
+    notifier.close()
+    assert hook.attempts == len(sent)
+    assert hook.events() == ["cohort", "rollback"]
