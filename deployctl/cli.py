@@ -23,7 +23,7 @@ from deployctl import delta as deltas
 from deployctl import engine, playbook, preflight
 from deployctl import report as reports
 from deployctl.db import capture
-from deployctl.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROLLBACK_FAILED, DeployctlError
+from deployctl.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROLLBACK_FAILED, BadInput, DeployctlError
 from deployctl.journal import OPEN_STATUSES, Journal
 from deployctl.log import configure
 from deployctl.redact import redact
@@ -67,8 +67,8 @@ def _state_dsn(pb_path: str | None, state_dsn: str | None) -> str:
         return state_dsn
     if pb_path:
         return engine.state_dsn(playbook.load(pb_path))
-    raise click.UsageError("name the state database: --playbook FILE or --state-dsn DSN "
-                           "(or DEPLOYCTL_STATE_DSN)")
+    raise BadInput("name the state database: --playbook FILE or --state-dsn DSN "
+                   "(or DEPLOYCTL_STATE_DSN)")
 
 
 def _app(pb_path: str | None, app: str | None) -> str | None:
@@ -267,7 +267,8 @@ def _status_once(release_id: int | None, app: str | None, pb_path: str | None, s
 
 @main.command()
 @click.option("--app", help="Only this application (default: the playbook's, else all).")
-@click.option("-n", "--limit", default=20, show_default=True, help="How many releases.")
+@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many releases.")
 @with_state
 @json_option
 @_errors

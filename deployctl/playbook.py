@@ -9,9 +9,11 @@ the log and the CLI never print them. Relative paths are relative to the playboo
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import shlex
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -32,6 +34,15 @@ from pydantic import (
 from deployctl.errors import PlaybookError
 from deployctl.redact import register_secret
 
+# A playbook is a page or two of settings; these bounds are far above any real one and far below
+# what hurts: a file read whole into memory, YAML aliases that expand into millions of nodes,
+# nesting the YAML composer recurses into, a hold or timeout longer than anyone waits.
+MAX_BYTES = 1 << 20
+MAX_NODES = 20_000
+MAX_DEPTH = 32
+MAX_DURATION_S = 7 * 24 * 3600.0
+
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -48,8 +59,10 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"expected a duration such as 500ms, 5s or 2m, got {value!r}")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"expected a positive duration, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"expected a positive, finite duration, got {value!r}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"expected a duration of at most 7 days (168h), got {value!r}")
     return seconds
 
 
@@ -71,19 +84,26 @@ HttpsUrl = Annotated[str, AfterValidator(_https_url)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: `true` is not the number 1 and "5" is not 5; no NaN or infinity in any number.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-def _existing_file(value: str, info: ValidationInfo) -> Path:
+def _path_text(value: Any) -> str:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError(f"expected a path, got {value!r}")
+    return value
+
+
+def _existing_file(value: Any, info: ValidationInfo) -> Path:
     base = Path((info.context or {}).get("base", "."))
-    path = (base / value).resolve()
+    path = (base / _path_text(value)).resolve()
     if not path.is_file():
         raise ValueError(f"file not found: {path} (paths are relative to the playbook's folder)")
     return path
 
 
-def _folder(value: str, info: ValidationInfo) -> Path:
-    return (Path((info.context or {}).get("base", ".")) / value).resolve()
+def _folder(value: Any, info: ValidationInfo) -> Path:
+    return (Path((info.context or {}).get("base", ".")) / _path_text(value)).resolve()
 
 
 def _split_command(value: Any) -> Any:
@@ -184,7 +204,7 @@ class SshHostConfig(Model):
     @field_validator("key", mode="before")
     @classmethod
     def _key(cls, value: str, info: ValidationInfo) -> Path:
-        return _existing_file(os.path.expanduser(value), info)
+        return _existing_file(os.path.expanduser(_path_text(value)), info)
 
 
 class SshConfig(Model):
@@ -458,7 +478,13 @@ class Playbook(Model):
         # become 1.1: refuse it.
         if isinstance(value, float):
             raise ValueError(f"write the version in quotes (YAML reads {value!r} as a number)")
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        # A version becomes a folder, a file name and a word in one-line output: no `/`, no
+        # `..`, no whitespace. Git hashes, tags, PEP 440 and SemVer versions all fit.
+        if isinstance(value, str) and value and not _VERSION.fullmatch(value):
+            raise ValueError(f"use letters, digits and . _ + - only, starting with a letter or a "
+                             f"digit, got {value!r}")
+        return value
 
     @property
     def sha256(self) -> str:
@@ -497,16 +523,91 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with nesting bounded: its composer recurses once per level."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _Refused(self.peek_event().start_mark,
+                               f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self.depth -= 1
+
+
+class _Refused(Exception):
+    def __init__(self, mark: yaml.Mark | None, problem: str) -> None:
+        super().__init__(problem)
+        self.mark, self.problem = mark, problem
+
+
+def _position(mark: yaml.Mark | None) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Refuse duplicate keys, aliases that refer to themselves, and aliases that expand past
+    MAX_NODES (the "billion laughs"): an alias is a reference, so each node is counted once per
+    place it appears without building anything."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise _Refused(node.start_mark, "an alias refers to the node that holds it")
+        open_nodes.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in seen:
+                        raise _Refused(key.start_mark, f"duplicate key {key.value!r} (first at "
+                                                       f"{_position(seen[key.value].start_mark)})")
+                    seen[key.value] = key
+                total += size(key) + size(value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        if total > MAX_NODES:
+            raise _Refused(node.start_mark, f"expands to more than {MAX_NODES} values "
+                                            "(YAML aliases repeated inside each other?)")
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
+def _read_yaml(text: str, file: str) -> Any:
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_nodes(root)
+        return loader.construct_document(root)
+    except _Refused as exc:
+        raise PlaybookError(file, _position(exc.mark), exc.problem) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PlaybookError(file, _position(mark), f"not valid YAML: {problem}") from None
+    finally:
+        loader.dispose()
+
+
 def parse(text: str, path: Path) -> Playbook:
     """Validate playbook text; `path` names it in errors and anchors relative paths."""
     file = str(path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PlaybookError(file, where, f"not valid YAML: {problem}") from None
+    raw = _read_yaml(text, file)
     if not isinstance(raw, dict):
         raise PlaybookError(file, "", "expected a mapping of settings at the top level")
     raw = _interpolate(raw, "", file)
@@ -531,10 +632,26 @@ def parse(text: str, path: Path) -> Playbook:
 
 
 def load(path: str | os.PathLike[str]) -> Playbook:
-    """Read and validate the playbook at `path`."""
+    """Read and validate the playbook at `path`: a regular file of UTF-8 text, at most MAX_BYTES."""
     file = Path(path)
     try:
-        text = file.read_text()
+        # Non-blocking, so a FIFO is refused below instead of waiting for a writer.
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise PlaybookError(str(file), "", f"cannot read the playbook: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PlaybookError(str(file), "", "not a regular file (give the playbook's YAML file)")
+        data = stream.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise PlaybookError(str(file), "", f"larger than {MAX_BYTES // 1024} KiB: not a playbook")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise PlaybookError(str(file), "", "UTF-16 text: save the playbook as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PlaybookError(str(file), f"line {line}",
+                            f"not UTF-8 text (byte 0x{data[exc.start]:02x}): save the playbook "
+                            "as UTF-8") from None
     return parse(text, file)

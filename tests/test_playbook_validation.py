@@ -1,4 +1,5 @@
-"""Malformed playbooks are refused by the real CLI with one line, exit code 2, nothing touched.
+"""Malformed playbooks, and commands missing what they need, are refused by the real CLI with one
+line, exit code 2, nothing touched.
 
 Each bad playbook starts from a valid one (`Env.playbook`) with exactly one thing broken, so the
 message can only be about that thing. "Nothing touched" means: no journal in the state database,
@@ -8,6 +9,7 @@ no Alembic table in the application database, no workdir folder.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,10 +34,13 @@ Break = Callable[[dict[str, Any], Env], Any]
 @dataclass(frozen=True)
 class Case:
     """`breaks` turns the valid playbook into what is written: a mapping or a list is dumped as
-    YAML, a string is written as it is, None writes no file at all."""
+    YAML, a string or bytes are written as they are, a function makes the file itself (given its
+    path), None writes no file at all."""
 
     breaks: Break
-    field: str  # the field path the message must name ("" when the whole file is wrong)
+    # The field path the message must name ("" when the whole file is wrong; "<position>" for a
+    # line and column in the file).
+    field: str
     expected: tuple[str, ...]  # fragments saying what was expected
 
 
@@ -100,6 +105,73 @@ def _missing_alembic_ini(data: dict[str, Any], env: Env) -> dict[str, Any]:
     return data
 
 
+def _text(body: str | bytes) -> Break:
+    return lambda data, _: body
+
+
+def _yaml_text(data: dict[str, Any], _: Env) -> str:
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _encoded(encoding: str) -> Break:
+    def breaks(data: dict[str, Any], env: Env) -> bytes:
+        data["version"] = "café"  # refused as a version too, but the bytes are refused first
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode(encoding)
+
+    return breaks
+
+
+def _appended(text: str) -> Break:
+    return lambda data, env: _yaml_text(data, env) + text
+
+
+def _link_to(target: str) -> Break:
+    return lambda data, env: lambda path: path.symlink_to(target)
+
+
+def _fifo(data: dict[str, Any], env: Env) -> Callable[[Path], None]:
+    return lambda path: os.mkfifo(path)
+
+
+LAUGHS = "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 10)}]\n" for i in range(9))
+
+FUZZ = [
+    pytest.param(Case(_encoded("latin-1"), "line 2", ("not UTF-8 text", "0xe9", "save the playbook as "
+                                                                             "UTF-8")), id="latin-1"),
+    pytest.param(Case(_encoded("utf-16"), "", ("UTF-16", "save the playbook as UTF-8")), id="utf-16"),
+    pytest.param(Case(_text(bytes(range(256)) * 4), "line 2", ("not UTF-8 text",)), id="binary"),
+    pytest.param(Case(_text("a: " + "[" * 100_000 + "]" * 100_000), "<position>",
+                      ("nested more than 32 levels deep",)), id="deep-nesting"),
+    pytest.param(Case(_text(LAUGHS), "<position>", ("expands to more than",)), id="billion-laughs"),
+    pytest.param(Case(_text("a: &a [1, *a]\n"), "<position>", ("an alias refers to the node that holds "
+                                                                "it",)), id="alias-to-itself"),
+    pytest.param(Case(_text(("# " + "x" * 80 + "\n") * 20_000), "", ("larger than 1024 KiB",)),
+                 id="too-large"),
+    pytest.param(Case(_link_to("/dev/zero"), "", ("not a regular file",)), id="link-to-dev-zero"),
+    pytest.param(Case(_fifo, "", ("not a regular file",)), id="fifo"),
+    pytest.param(Case(_appended("app: other\n"), "<position>", ("duplicate key 'app'",)),
+                 id="duplicate-key"),
+    pytest.param(Case(_set("deploy.health.timeout", float("nan")), "deploy.health.timeout",
+                      ("positive, finite duration", "nan")), id="duration-nan"),
+    pytest.param(Case(_set("deploy.health.timeout", float("inf")), "deploy.health.timeout",
+                      ("positive, finite duration", "inf")), id="duration-inf"),
+    pytest.param(Case(_set("database.statement_timeout", "99999999h"), "database.statement_timeout",
+                      ("at most 7 days",)), id="duration-absurd"),
+    pytest.param(Case(_set("gates", {"error_rate": {"max": float("nan")}}), "gates.error_rate.max",
+                      ("finite number",)), id="gate-max-nan"),
+    pytest.param(Case(_set("database.lock_retries", True), "database.lock_retries",
+                      ("valid integer", "True")), id="lock-retries-true"),
+    pytest.param(Case(_set("snapshot", {"jobs": "4"}), "snapshot.jobs", ("valid integer", "'4'")),
+                 id="jobs-as-text"),
+    pytest.param(Case(_set("migrations.alembic_ini", 5), "migrations.alembic_ini",
+                      ("expected a path", "5")), id="path-that-is-a-number"),
+    pytest.param(Case(_set("version", "../../etc/x"), "version",
+                      ("letters, digits and . _ + - only", "'../../etc/x'")), id="version-traversal"),
+    pytest.param(Case(_set("version", "2\nrelease #9: social 3 ok"), "version",
+                      ("letters, digits and . _ + - only",)), id="version-with-newline"),
+]
+
 CASES = [
     pytest.param(Case(_not_yaml, "<yaml position>", ("not valid YAML", "mapping values are not allowed")),
                  id="not-yaml-syntax-error"),
@@ -125,7 +197,7 @@ CASES = [
     pytest.param(Case(_set("database.statement_timeout", "-5s"), "database.statement_timeout",
                       ("expected a duration", "'-5s'")), id="negative-duration-text"),
     pytest.param(Case(_set("deploy.health.timeout", -5), "deploy.health.timeout",
-                      ("expected a positive duration", "-5")), id="negative-duration-number"),
+                      ("expected a positive, finite duration", "-5")), id="negative-duration-number"),
     pytest.param(Case(_set("database.lock_retries", -1), "database.lock_retries",
                       ("greater than or equal to 0", "-1")), id="negative-lock-retries"),
     pytest.param(Case(_missing_alembic_ini, "migrations.alembic_ini", ("file not found", "alembic.ini")),
@@ -173,6 +245,7 @@ CASES = [
                  id="unset-variable"),
     pytest.param(Case(lambda data, _: None, "", ("cannot read the playbook", "No such file")),
                  id="missing-playbook-file"),
+    *FUZZ,
 ]
 
 
@@ -204,6 +277,10 @@ def test_malformed_playbook_is_refused_with_one_line_and_touches_nothing(
     bad = case.breaks(data, env)
     if isinstance(bad, str):
         (env.dir / name).write_text(bad)
+    elif isinstance(bad, bytes):
+        (env.dir / name).write_bytes(bad)
+    elif callable(bad):
+        bad(env.dir / name)
     elif bad is not None:
         (env.dir / name).write_text(yaml.safe_dump(bad, sort_keys=False))
 
@@ -215,7 +292,10 @@ def test_malformed_playbook_is_refused_with_one_line_and_touches_nothing(
     assert len(lines) == 1, done.stderr
     line = lines[0]
     where = f"{name}: {field}: " if field else f"{name}: "
-    assert line.startswith(f"error: {where}"), line
+    if field == "<position>":
+        assert re.match(rf"error: {re.escape(name)}: line \d+, column \d+: ", line), line
+    else:
+        assert line.startswith(f"error: {where}"), line
     for fragment in case.expected:
         assert fragment in line, f"{fragment!r} not in {line!r}"
     _assert_nothing_touched(env, workdir)
@@ -270,3 +350,19 @@ def test_secret_from_the_environment_in_an_invalid_field_is_masked(
         assert word not in done.stderr + done.stdout, lines[0]
     assert "***" in lines[0]
     _assert_nothing_touched(env, workdir)
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(("status",), id="status"),
+    pytest.param(("history",), id="history"),
+    pytest.param(("rollback", "1"), id="rollback"),
+    pytest.param(("resume",), id="resume"),
+    pytest.param(("history", "--state-dsn", "postgresql://nobody@127.0.0.1:1/x", "-n", "-5"),
+                 id="history-negative-limit"),
+])
+def test_a_command_missing_what_it_needs_is_a_usage_error(env: Env, args: tuple[str, ...]) -> None:
+    unset = {"DEPLOYCTL_STATE_DSN": "", "DEPLOYCTL_PLAYBOOK": ""}
+    done = env.cli(*args, env=unset)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "rerun with --debug" not in done.stderr, done.stderr
+    assert "--playbook" in done.stderr or "-n" in done.stderr, done.stderr
