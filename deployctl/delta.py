@@ -85,7 +85,14 @@ def finish(journal: Journal, pb: Playbook, release_id: int) -> dict[str, Any]:
     """Last drain, then drop the slot, publication or triggers (wherever the database went)."""
     row = journal.capture(release_id)
     if row is None:
-        return {}
+        started = journal.capture_objects(release_id)
+        if started is None:
+            return {}
+        # The release ended inside its snapshot step: the capture has no starting point, the
+        # database was never migrated, there is no delta to keep. Only the objects go.
+        capture.stop(pb.database.dsn, started["slot"])
+        journal.set_capture(release_id, "stopped", "the release ended before its snapshot")
+        return {"capture": "stopped", "changes_captured": 0}
     # After a restore the capture lives on in the kept failed database.
     swapped = restore.swap_started(pb.database.dsn, release_id)
     failed = restore.names_for(pb.database.dsn, release_id).failed

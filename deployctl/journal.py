@@ -299,18 +299,34 @@ class Journal:
         ).fetchone()
         return dict(row) if row else None
 
+    def record_capture_objects(self, release_id: int, mode: str, name: str | None) -> None:
+        """The capture's slot and publication (or triggers), written before they are created:
+        a release that dies while creating them, or before its snapshot, leaves a row that
+        `rollback`, `resume` and `cleanup` find them by."""
+        self.conn.execute(
+            """INSERT INTO deployctl.captures (release_id, mode, slot, publication)
+               VALUES (%s, %s, %s, %s) ON CONFLICT (release_id) DO NOTHING""",
+            (release_id, mode, name if mode == "logical" else None,
+             name if mode == "logical" else None),
+        )
+
     def record_capture(self, release_id: int, mode: str, name: str | None, snapshot: str,
                        revision: str | None = None) -> None:
         """A capture that starts at `snapshot`, on a schema at Alembic `revision`."""
+        self.record_capture_objects(release_id, mode, name)
         self.conn.execute(
-            """INSERT INTO deployctl.captures (release_id, mode, slot, publication, snapshot,
-                                               base_revision)
-               VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (release_id) DO NOTHING""",
-            (release_id, mode, name if mode == "logical" else None,
-             name if mode == "logical" else None, snapshot, revision),
+            """UPDATE deployctl.captures SET snapshot = %s, base_revision = %s
+               WHERE release_id = %s AND snapshot IS NULL""",
+            (snapshot, revision, release_id),
         )
 
     def capture(self, release_id: int) -> dict[str, Any] | None:
+        """The capture of a release, once it has a starting point (its snapshot)."""
+        found = self.capture_objects(release_id)
+        return found if found and found["snapshot"] is not None else None
+
+    def capture_objects(self, release_id: int) -> dict[str, Any] | None:
+        """The capture of a release, also one whose snapshot was never taken."""
         row = self.conn.execute(
             "SELECT * FROM deployctl.captures WHERE release_id = %s", (release_id,)
         ).fetchone()

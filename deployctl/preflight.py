@@ -212,11 +212,22 @@ def _lint_notes(pb: Playbook, found: lint.Lint) -> str:
     return "".join(f"; {n}" for n in notes)
 
 
-def _capture(pb: Playbook) -> Check:
+def _state_dsn(pb: Playbook) -> str:
+    return pb.database.state_dsn or default_state_dsn(pb.database.dsn)
+
+
+def _capture(pb: Playbook, release_id: int | None) -> Check:
     """Whether every user action of the release can be captured."""
     with psycopg.connect(pb.database.dsn, connect_timeout=10) as conn:
         mode = capture.capture_mode(conn, "auto")
         keyless = capture.tables_without_key(conn, pb.capture.schemas)
+        triggers = capture.triggers_installed(conn)
+    if triggers and slots.open_releases(_state_dsn(pb), pb.app) in (set(), {release_id}):
+        # No other unfinished release owns them (this one creates its own after preflight):
+        # every user write still goes into a capture table for nobody.
+        return Check("capture", "fail", f"capture triggers (schema {capture.TRIGGER_SCHEMA}) left by "
+                     "a release that ended without dropping them still record every write: "
+                     "`deployctl cleanup -p PLAYBOOK` drops them")
     if pb.capture.mode == "logical" and mode != "logical":
         return Check("capture", "fail", "logical capture needs wal_level=logical, PostgreSQL 15+ and a "
                      "superuser: change the server or role, or set capture.mode: trigger")
@@ -247,8 +258,8 @@ def _slots(pb: Playbook) -> Check:
         return Check("slots", "pass", "no replication slots")
     mine = capture.object_name(pb.app, 0)[:-1]
     # The journal says which releases are unfinished; read it only when it matters.
-    open_ids = slots.open_releases(pb.database.state_dsn or default_state_dsn(pb.database.dsn),
-                                   pb.app) if any(s.name.startswith(mine) for s in found) else set()
+    open_ids = slots.open_releases(_state_dsn(pb), pb.app) if any(
+        s.name.startswith(mine) for s in found) else set()
     orphans = slots.orphans(found, pb.app, open_ids)
     if not orphans:
         return Check("slots", "pass", f"{len(found)} replication slot(s), all in use")
@@ -257,6 +268,9 @@ def _slots(pb: Playbook) -> Check:
     fix = ("`deployctl cleanup -p PLAYBOOK` drops deployctl's; SELECT pg_drop_replication_slot('NAME') "
            "drops another once nothing needs it")
     worst = max(o.slot.held_bytes for o in orphans)
+    if any(o.left_by_release for o in orphans):
+        # This app's own: its next capture would start beside a slot nobody drains.
+        return Check("slots", "fail", f"capture slots of {pb.app}'s ended releases: {listing}: {fix}")
     if worst > limit:
         return Check("slots", "fail", f"replication slots no running release owns: {listing}; more "
                      f"than {_size(limit)} ({limit_source}) puts the server's disk at risk: {fix}")
@@ -315,8 +329,9 @@ def _router(pb: Playbook) -> Check:
     return Check("router", "pass", f"{pb.router.type} answers")
 
 
-def run(pb: Playbook, alembic: Alembic) -> list[Check]:
-    """Every check that applies to `pb`, in order; none of them changes anything."""
+def run(pb: Playbook, alembic: Alembic, release_id: int | None = None) -> list[Check]:
+    """Every check that applies to `pb` (released as `release_id`, if it is), in order; none of
+    them changes anything."""
     checks, facts = _database(pb)
     if not facts:
         return checks
@@ -326,7 +341,7 @@ def run(pb: Playbook, alembic: Alembic) -> list[Check]:
     checks.append(_migrations(alembic, pb.migrations.target))
     if checks[-1].status != "fail":  # an unknown target has no SQL to lint
         checks.append(_lint(pb, alembic))
-    checks.append(_capture(pb))
+    checks.append(_capture(pb, release_id))
     checks.append(_privileges(pb))
     checks.append(_slots(pb))
     checks.extend(_certificates(pb.public_urls))

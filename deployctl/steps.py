@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from deployctl import cohorts, delta
+from deployctl import cohorts, delta, failpoints
 from deployctl.db import capture, restore, snapshot
 from deployctl.db.migrate import Alembic
 from deployctl.errors import BadInput, StepFailed
@@ -83,7 +83,7 @@ class Outcome:
 # -- forward -------------------------------------------------------------------------------
 
 def preflight(run: Run) -> Outcome:
-    checks = preflight_checks(run.pb, run.alembic)
+    checks = preflight_checks(run.pb, run.alembic, run.release_id)
     blue = run.live_playbook()
     if run.pb.router is not None and blue is not None and not blue.deploy.endpoints:
         # Rollback must be able to point blue's backend at the live version again.
@@ -102,7 +102,9 @@ def take_snapshot(run: Run) -> Outcome:
     dsn, name = run.pb.database.dsn, capture.object_name(run.pb.app, run.release_id)
     with psycopg.connect(dsn) as conn:
         mode = capture.capture_mode(conn, run.pb.capture.mode)
+    run.journal.record_capture_objects(run.release_id, mode, name)
     capture.start(dsn, mode, name, run.pb.capture.schemas)
+    failpoints.hit("snapshot", "capturing")
     manifest = snapshot.take(dsn, run.snapshot_dir, jobs=run.pb.snapshot.jobs)
     path = str(run.snapshot_dir)
 

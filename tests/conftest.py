@@ -129,6 +129,29 @@ class Env:
     def connect(self, dbname: str | None = None) -> psycopg.Connection[Any]:
         return psycopg.connect(_dsn(self.server, dbname or self.dbname, self.user), autocommit=True)
 
+    def leftovers(self) -> list[str]:
+        """What no ended release may leave behind: replication slots, and in the application
+        database or a kept failed copy of it publications, capture triggers; side-by-side
+        restores that never became live."""
+        found = []
+        with self.connect() as conn:
+            copies = [n for (n,) in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname = %s OR datname LIKE %s",
+                (self.dbname, f"{self.dbname}\\_%")).fetchall()]
+            found += [f"slot {n}" for (n,) in conn.execute(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = ANY(%s)",
+                (copies,)).fetchall()]
+        for dbname in copies:
+            if "_restore_" in dbname:
+                found.append(f"database {dbname}")
+                continue
+            with self.connect(dbname) as conn:
+                found += [f"publication {n} in {dbname}" for (n,) in conn.execute(
+                    "SELECT pubname FROM pg_publication").fetchall()]
+                found += [f"capture triggers in {dbname}" for _ in conn.execute(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = 'deployctl_capture'").fetchall()]
+        return found
+
     def playbook(self, version: str = "2", *, name: str | None = None, **changes: Any) -> Path:
         """Write a playbook for `version` of the sample app; `changes` override sections."""
         port = self.blue_port if version == "1" else self.green_port

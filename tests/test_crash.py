@@ -21,6 +21,10 @@ pytestmark = pytest.mark.integration
 
 FORWARD = ["preflight", "snapshot", "migrate", "deploy", "smoke", "finalize"]
 ROLLBACK = ["rollback.blue", "rollback.green", "rollback.database", "rollback.capture"]
+# Right after a step's `started`, right after it acted, and inside its work where it matters:
+# the snapshot step has created the capture's slot (or triggers) and not yet dumped.
+FORWARD_KILLS = [(step, point) for step in FORWARD for point in ("started", "acted")] + [
+    ("snapshot", "capturing")]
 
 
 def answers(port: int) -> bool:
@@ -66,6 +70,7 @@ def assert_released(env: Env, release_id: int) -> None:
     assert answers(env.green_port)
     assert not answers(env.blue_port), "finalize stops version 1"
     assert [s for s, p in env.events(release_id) if p == "done"] == FORWARD
+    assert env.leftovers() == []
 
 
 def assert_rolled_back(env: Env, release_id: int, before: tuple[int, int, int]) -> None:
@@ -75,10 +80,10 @@ def assert_rolled_back(env: Env, release_id: int, before: tuple[int, int, int]) 
     assert counts(env) == before
     assert answers(env.blue_port), "version 1 serves again"
     assert not answers(env.green_port), "version 2 is stopped"
+    assert env.leftovers() == []
 
 
-@pytest.mark.parametrize("point", ["started", "acted"])
-@pytest.mark.parametrize("step", FORWARD)
+@pytest.mark.parametrize(("step", "point"), FORWARD_KILLS)
 def test_kill_in_forward_step_then_resume_finishes_the_release(env: Env, step: str, point: str) -> None:
     v1_live(env)
     playbook = str(env.playbook("2"))
@@ -93,8 +98,7 @@ def test_kill_in_forward_step_then_resume_finishes_the_release(env: Env, step: s
     assert_journal_truthful(env, 2, step)
 
 
-@pytest.mark.parametrize("point", ["started", "acted"])
-@pytest.mark.parametrize("step", FORWARD)
+@pytest.mark.parametrize(("step", "point"), FORWARD_KILLS)
 def test_kill_in_forward_step_then_rollback_restores_version_1(env: Env, step: str, point: str) -> None:
     before = v1_live(env)
     playbook = str(env.playbook("2"))

@@ -32,7 +32,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from deployctl import preflight
-from deployctl.db import slots
+from deployctl.db import capture, slots
 from deployctl.journal import Journal
 from deployctl.playbook import load
 from tests.conftest import Env, migrate_to
@@ -201,25 +201,59 @@ def hold_wal(conn: psycopg.Connection[Any], kib: int) -> None:
         conn.execute("SELECT pg_logical_emit_message(true, 'deployctl-test', repeat('x', 65536))")
 
 
-def test_a_slot_left_behind_warns_with_the_wal_it_holds_and_how_to_drop_it(env: Env) -> None:
-    migrate_to(env, "0001")
+def slot_check(env: Env, name: str) -> tuple[int, dict[str, Any]]:
+    """`deployctl check` while an unused logical slot `name` holds 256 KiB of WAL."""
     with env.connect() as conn:
-        conn.execute("SELECT pg_create_logical_replication_slot('deployctl_social_7', 'pgoutput')")
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
         try:
             hold_wal(conn, 256)
             held = {s.name: s.held_bytes for s in slots.list_slots(conn)}
-            assert held["deployctl_social_7"] >= 256 * 1024
+            assert held[name] >= 256 * 1024
             code, data = check(env, env.playbook("2"))
         finally:
-            conn.execute("SELECT pg_drop_replication_slot('deployctl_social_7')")
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+    return code, by_name(data)["slots"]
+
+
+def test_a_slot_left_behind_warns_with_the_wal_it_holds_and_how_to_drop_it(env: Env) -> None:
+    migrate_to(env, "0001")
+    code, line = slot_check(env, "gone_replica")
     assert code == 0, "a slot under the limit warns"
-    line = by_name(data)["slots"]
     assert line["status"] == "warn"
+    assert "gone_replica (inactive, holds " in line["message"]
+    assert "KiB of WAL" in line["message"]
+    assert "pg_drop_replication_slot" in line["message"]
+
+
+def test_a_capture_slot_of_an_ended_release_fails_the_check_with_how_to_drop_it(env: Env) -> None:
+    # Its next capture would start beside a slot nobody drains, which holds WAL without end.
+    migrate_to(env, "0001")
+    code, line = slot_check(env, "deployctl_social_7")
+    assert code == 2
+    assert line["status"] == "fail"
     assert "deployctl_social_7 (left by release #7, finished or unknown to the journal, holds " in (
         line["message"])
-    assert "KiB of WAL" in line["message"]
     assert "`deployctl cleanup -p PLAYBOOK`" in line["message"]
-    assert "pg_drop_replication_slot" in line["message"]
+
+
+def test_capture_triggers_no_unfinished_release_owns_fail_the_check_until_cleanup(env: Env) -> None:
+    migrate_to(env, "0001")
+    playbook = env.playbook("2")
+    with env.connect() as conn:
+        capture.install_triggers(conn, ["public"])
+    code, data = check(env, playbook)
+    assert code == 2
+    line = by_name(data)["capture"]
+    assert line["status"] == "fail"
+    assert "capture triggers (schema deployctl_capture)" in line["message"]
+    assert "`deployctl cleanup -p PLAYBOOK`" in line["message"]
+
+    cleaned = env.cli("cleanup", "-p", str(playbook))
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "dropped schema deployctl_capture and its triggers" in cleaned.stdout
+    code, data = check(env, playbook)
+    assert code == 0 and by_name(data)["capture"]["status"] == "pass", data
+    assert env.leftovers() == []
 
 
 def test_a_slot_of_an_unfinished_release_is_not_an_orphan(env: Env) -> None:

@@ -156,7 +156,12 @@ def install_triggers(conn: psycopg.Connection[Any], schemas: list[str]) -> list[
     return added
 
 
-def stop(dsn: str, name: str) -> None:
+def triggers_installed(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (TRIGGER_SCHEMA,)).fetchone()
+    return bool(row and row[0])
+
+
+def stop(dsn: str, name: str | None) -> None:
     """Drop the slot, the publication and the capture triggers. Idempotent."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         drop_objects(conn, name)
@@ -186,8 +191,7 @@ def cleanup(conn: psycopg.Connection[Any], app: str, keep: set[str]) -> list[str
         if pub not in keep:
             conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(pub)))
             dropped.append(f"publication {pub}")
-    if not keep and conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
-                                 (TRIGGER_SCHEMA,)).fetchone():
+    if not keep and triggers_installed(conn):
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(TRIGGER_SCHEMA)))
         dropped.append(f"schema {TRIGGER_SCHEMA} and its triggers")
     return dropped

@@ -37,6 +37,7 @@ class Slot:
 class Orphan:
     slot: Slot
     why: str
+    left_by_release: bool = False  # a capture slot of a release the journal shows ended
 
 
 def list_slots(conn: psycopg.Connection[Any]) -> list[Slot]:
@@ -92,5 +93,5 @@ def orphans(slots: list[Slot], app: str, open_ids: set[int] | None) -> list[Orph
             found.append(Orphan(slot, "owner unknown: the journal could not be read"))
         elif int(match.group(1)) not in open_ids:
             found.append(Orphan(slot, f"left by release #{match.group(1)}, finished or unknown "
-                                      "to the journal"))
+                                      "to the journal", left_by_release=True))
     return found
