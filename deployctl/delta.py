@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from deployctl.db import capture, capture_store, replay, restore
 from deployctl.db.capture import CaptureInfo, CaptureLost
 from deployctl.db.shapes import History
 from deployctl.errors import BadInput, StepFailed
+from deployctl.files import write_private
 from deployctl.journal import Journal, holder_name, with_dbname
 from deployctl.log import log
 from deployctl.playbook import Playbook
@@ -220,9 +220,7 @@ def export(journal: Journal, release_id: int, path: Path, personal: frozenset[st
         "masked_columns": sorted(personal),
     }
     manifest_path = path.with_name(path.name.removesuffix(".jsonl.gz") + ".manifest.json")
-    fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=2, default=str)
+    write_private(manifest_path, json.dumps(manifest, indent=2, default=str).encode())
     return {**manifest, "manifest": str(manifest_path), "path": str(path)}
 
 

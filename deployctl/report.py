@@ -37,6 +37,7 @@ from deployctl import delta as deltas
 from deployctl.db.replay import MASK
 from deployctl.engine import EXIT_FOR_STATUS
 from deployctl.errors import DeployctlError
+from deployctl.files import write_private
 from deployctl.journal import Journal, Release
 from deployctl.playbook import Playbook, parse
 from deployctl.redact import redact
@@ -431,7 +432,4 @@ def render(data: dict[str, Any], fmt: str) -> str:
 
 def write(path: Path, text: str) -> None:
     """Write the report 0600: it can hold user data (replaces an existing file's mode too)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    write_private(path, text.encode())

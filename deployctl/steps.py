@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from deployctl import cohorts, delta, failpoints
+from deployctl import cohorts, delta, failpoints, files
 from deployctl.db import capture, restore, snapshot
 from deployctl.db.migrate import Alembic
 from deployctl.errors import BadInput, StepFailed
@@ -100,6 +100,7 @@ def preflight(run: Run) -> Outcome:
 def take_snapshot(run: Run) -> Outcome:
     """Start the capture (slot first), then dump on an exported snapshot: one exact point."""
     dsn, name = run.pb.database.dsn, capture.object_name(run.pb.app, run.release_id)
+    files.private_dir(run.pb.workdir)  # snapshots, deltas, pidfiles: user data and command lines
     with psycopg.connect(dsn) as conn:
         mode = capture.capture_mode(conn, run.pb.capture.mode)
     run.journal.record_capture_objects(run.release_id, mode, name)

@@ -327,7 +327,9 @@ def test_snapshot_excludes_rows_committed_after_its_export(env: Env) -> None:
 def test_snapshot_step_records_its_manifest_in_the_done_transaction(env: Env, journal: Journal) -> None:
     migrate_to(env, "0001")
     run = start_release(env, journal)
+    run.pb.workdir.chmod(0o755)
     engine._step(run, "snapshot", steps.take_snapshot)
+    assert run.pb.workdir.stat().st_mode & 0o777 == 0o700, "the workdir holds user data"
     recorded = journal.snapshot(run.release_id)
     assert recorded is not None
     assert recorded["path"] == str(run.snapshot_dir)
@@ -480,6 +482,11 @@ def test_deploy_starts_the_app_and_it_answers_health(env: Env, journal: Journal)
     spec = process.for_playbook(run.pb)
     assert outcome.detail["pid"] == LocalTransport(run.pb.workdir).pid(spec)
     assert processes_running(spec.argv) == [outcome.detail["pid"]]
+    # The pidfile and log hold the command line and what the app printed: the owner's alone.
+    run_dir = run.pb.workdir / "run"
+    assert [oct(p.stat().st_mode & 0o777) for p in (run.pb.workdir, run_dir, run_dir / "social")
+            ] == [oct(0o700)] * 3
+    assert {oct(p.stat().st_mode & 0o777) for p in (run_dir / "social").iterdir()} == {oct(0o600)}
     assert LocalTransport(run.pb.workdir).stop(spec, 5)
 
 

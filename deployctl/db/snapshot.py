@@ -23,15 +23,9 @@ import psycopg
 from deployctl import progress
 from deployctl.db.libpq import run_tool, tool_version
 from deployctl.errors import StepFailed
+from deployctl.files import private_dir, write_private
 
 MANIFEST = "manifest.json"
-
-
-def private_dir(path: Path) -> Path:
-    """A folder only its owner can enter: snapshots hold user data."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
-    return path
 
 
 def _sha256(path: Path) -> str:
@@ -102,9 +96,7 @@ def take(dsn: str, dest: Path, *, jobs: int) -> dict[str, Any]:
         "files": files,
     }
     manifest_path = partial / MANIFEST
-    fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=2)
+    write_private(manifest_path, json.dumps(manifest, indent=2).encode())
     os.replace(partial, dest)
     return manifest
 

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from deployctl import files
 from deployctl.fleet.process import ProcessSpec
 
 
@@ -43,7 +44,7 @@ class LocalTransport:
         if running is not None:
             return running
         pidfile = self._pidfile(spec)
-        pidfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        files.private_dir(pidfile.parent, top=self.rundir.parent)
         logfile = pidfile.with_suffix(".log")
         fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as out:
@@ -52,9 +53,8 @@ class LocalTransport:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        tmp = pidfile.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": proc.pid, "argv": spec.argv}))
-        os.replace(tmp, pidfile)
+        # The command line can carry secrets: the pidfile is its owner's alone.
+        files.write_private(pidfile, json.dumps({"pid": proc.pid, "argv": spec.argv}).encode())
         return proc.pid
 
     def exited(self, spec: ProcessSpec) -> str | None:
