@@ -247,8 +247,9 @@ def _status_once(release_id: int | None, app: str | None, pb_path: str | None, s
         result = engine.summarize(journal, found.id)
         live = journal.live(found.app)
         lock = journal.lock_holder(found.app)
+        swap = None if lock["alive"] else engine.interrupted_swap(journal, found.id)
     data = {**result.__dict__, "live_version": live["live_version"] if live else None,
-            "lock": lock}
+            "lock": lock, "interrupted_swap": swap}
 
     def text() -> str:
         out = _result_text(result) + f"\nlive version: {data['live_version'] or 'none'}"
@@ -257,6 +258,8 @@ def _status_once(release_id: int | None, app: str | None, pb_path: str | None, s
         elif result.status in OPEN_STATUSES and not lock["alive"]:
             out += (f"\nno deployctl process is working on it: run `deployctl resume "
                     f"{result.release_id}` or `deployctl rollback {result.release_id}`")
+            if swap:
+                out += f"\nthe application is down: {swap}; either command finishes the swap first"
         return out
 
     if clear and not as_json and sys.stdout.isatty():

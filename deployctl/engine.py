@@ -15,15 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from deployctl import failpoints
 from deployctl.cohorts import Aborted, GateBreach, Operator
-from deployctl.db import capture
+from deployctl.db import capture, restore
 from deployctl.errors import (
     EXIT_BAD_INPUT,
     EXIT_OK,
     EXIT_ROLLBACK_FAILED,
     EXIT_ROLLED_BACK,
     BadInput,
+    DeployctlError,
 )
 from deployctl.journal import Journal, default_state_dsn
 from deployctl.log import log
@@ -258,6 +261,11 @@ def _continue(state: str, release_id: int, action: str) -> Result:
             found = journal.get(release_id)  # it may have moved on while we waited
             if not found.open:
                 raise BadInput(f"release #{release_id} is already {found.status}")
+            if found.status in ("rolling_back", "rollback_failed"):
+                fixed = restore.finish_interrupted_swap(pb.database.dsn, release_id)
+                if fixed:
+                    log.warning("finished a swap a killed rollback left halfway", found=fixed,
+                                release=release_id)
             if action == "resume" and found.status == "aborted":
                 raise BadInput(f"release #{release_id} was aborted: finish it with "
                                f"`deployctl rollback {release_id}`")
@@ -265,12 +273,32 @@ def _continue(state: str, release_id: int, action: str) -> Result:
                 log.info("resuming release", release=release_id)
                 _forward(run)
             else:
-                reason = found.reason if found.status != "running" else "rolled back by operator"
-                _rollback(run, reason or "rolled back by operator")
+                _rollback(run, found.reason if found.status != "running" and found.reason
+                          else _process_gone(journal, release_id) + "; rolled back by operator")
             return _ended(journal, release_id, notifier)
         finally:
             notifier.close()
             journal.release_lock(pb.app)
+
+
+def interrupted_swap(journal: Journal, release_id: int) -> str | None:
+    """What a rollback killed in the middle of its swap left, for `status` (None when nothing,
+    or when the application database cannot be asked)."""
+    found = journal.get(release_id)
+    if found.status not in ("rolling_back", "rollback_failed"):
+        return None
+    try:
+        pb = parse(found.playbook_text, Path(found.playbook_path))
+        return restore.interrupted_swap(pb.database.dsn, release_id)
+    except (DeployctlError, psycopg.Error):
+        return None
+
+
+def _process_gone(journal: Journal, release_id: int) -> str:
+    """How a release left `running` with no process behind it ended."""
+    steps = [e["step"] for e in journal.events(release_id) if e["phase"] != "info"]
+    return f"the deployctl process running it died during {steps[-1]}" if steps else (
+        "the deployctl process running it died before its first step")
 
 
 def running_elsewhere(state: str, release_id: int) -> bool:

@@ -25,6 +25,9 @@ ROLLBACK = ["rollback.blue", "rollback.green", "rollback.database", "rollback.ca
 # the snapshot step has created the capture's slot (or triggers) and not yet dumped.
 FORWARD_KILLS = [(step, point) for step in FORWARD for point in ("started", "acted")] + [
     ("snapshot", "capturing")]
+# Inside the swap: the live database refusing connections, then renamed away (blue is down).
+ROLLBACK_KILLS = [(step, point) for step in ROLLBACK for point in ("started", "acted")] + [
+    ("rollback.database", "refusing"), ("rollback.database", "renamed")]
 
 
 def answers(port: int) -> bool:
@@ -107,14 +110,15 @@ def test_kill_in_forward_step_then_rollback_restores_version_1(env: Env, step: s
 
     rolled = env.cli("rollback", "--json", "-p", playbook)
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
-    assert json.loads(rolled.stdout)["status"] == "rolled_back"
+    result = json.loads(rolled.stdout)
+    assert result["status"] == "rolled_back"
+    assert result["reason"].startswith("the deployctl process running it died during "), result
     assert_rolled_back(env, 2, before)
     assert_journal_truthful(env, 2, step)
 
 
 @pytest.mark.parametrize("command", ["resume", "rollback"])
-@pytest.mark.parametrize("point", ["started", "acted"])
-@pytest.mark.parametrize("step", ROLLBACK)
+@pytest.mark.parametrize(("step", "point"), ROLLBACK_KILLS)
 def test_kill_during_rollback_then_resume_or_rollback_finishes_it(
     env: Env, step: str, point: str, command: str
 ) -> None:
@@ -124,6 +128,9 @@ def test_kill_during_rollback_then_resume_or_rollback_finishes_it(
     killed = env.cli("release", str(broken), env={"DEPLOYCTL_FAILPOINT": f"{step}:{point}"})
     assert killed.returncode == -9
     assert env.release_row(2)["status"] == "rolling_back"
+    if point in ("refusing", "renamed"):
+        status = env.cli("status", "--state-dsn", env.state_dsn)
+        assert "the application is down: database " in status.stdout, status.stdout
 
     finished = env.cli(command, "--json", "--state-dsn", env.state_dsn)
     # resume finishes the rollback the release was doing: the release failed (exit 1);
@@ -135,3 +142,22 @@ def test_kill_during_rollback_then_resume_or_rollback_finishes_it(
 
 def _default_deploy(env: Env) -> dict[str, object]:
     return dict(yaml.safe_load(env.playbook("2").read_text())["deploy"])
+
+
+@pytest.mark.parametrize("point", ["refusing", "renamed"])
+def test_a_swap_killed_halfway_is_finished_before_anything_else_the_rerun_does(
+        env: Env, point: str) -> None:
+    before = v1_live(env)
+    broken = env.playbook("2", deploy={**_default_deploy(env), "env": {
+        "DATABASE_URL": env.app_dsn, "SOCIAL_FAIL": "1"}})
+    killed = env.cli("release", str(broken), env={"DEPLOYCTL_FAILPOINT": f"rollback.database:{point}"})
+    assert killed.returncode == -9
+    # The rerun is killed too, as soon as its first step starts: the database is back by then.
+    again = env.cli("rollback", "--state-dsn", env.state_dsn,
+                    env={"DEPLOYCTL_FAILPOINT": "rollback.database:started"})
+    assert again.returncode == -9
+    with env.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] >= before[0]  # type: ignore[index]
+    finished = env.cli("rollback", "--state-dsn", env.state_dsn)
+    assert finished.returncode == 0, finished.stderr
+    assert_rolled_back(env, 2, before)

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from deployctl import progress
+from deployctl import failpoints, progress
 from deployctl.db.capture import TRIGGER_SCHEMA
 from deployctl.db.libpq import run_tool
 from deployctl.db.snapshot import MANIFEST, verify
@@ -91,6 +91,35 @@ def reopen(dsn: str) -> None:
             _allow_connections(admin, str(live), True)
 
 
+def interrupted_swap(dsn: str, release_id: int) -> str | None:
+    """What a swap killed halfway left: the live database refusing connections, or gone (renamed
+    to `failed`, the restored one not yet in its place). None when neither."""
+    names = names_for(dsn, release_id)
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        if _exists(admin, names.failed) and not _exists(admin, names.live):
+            return (f"database {names.live} is missing: a swap was killed after renaming it to "
+                    f"{names.failed}")
+        row = admin.execute("SELECT datallowconn FROM pg_database WHERE datname = %s",
+                            (names.live,)).fetchone()
+        if row and not row[0] and _comment(admin, names.restored) == _LOADED.format(release_id):
+            return f"database {names.live} refuses connections: a swap was killed before renaming it"
+    return None
+
+
+def finish_interrupted_swap(dsn: str, release_id: int) -> str | None:
+    """Blue's database back first: a swap killed after its first rename is completed (the tail
+    was replayed before it), one killed before it lets the live database take connections again.
+    Returns what it found, None when nothing was wrong."""
+    found = interrupted_swap(dsn, release_id)
+    if found is None:
+        return None
+    if swap_started(dsn, release_id):
+        swap(dsn, names_for(dsn, release_id))
+    else:
+        reopen(dsn)
+    return found
+
+
 def in_progress(dsn: str, release_id: int) -> bool:
     """Whether a restore for this release was loaded (and maybe half swapped) already."""
     names = names_for(dsn, release_id)
@@ -153,6 +182,7 @@ def swap(dsn: str, names: Names,
                 kept = psycopg.connect(dsn, autocommit=True) if tail else None
                 try:
                     _allow_connections(admin, names.live, False)
+                    failpoints.hit("rollback.database", "refusing")
                     result["connections_closed"] = _disconnect(
                         admin, names.live, keep=kept.info.backend_pid if kept else None)
                     if tail and kept:
@@ -160,6 +190,7 @@ def swap(dsn: str, names: Names,
                         kept.close()  # a database with a session cannot be renamed
                     admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                         sql.Identifier(names.live), sql.Identifier(names.failed)))
+                    failpoints.hit("rollback.database", "renamed")
                 except BaseException:
                     # Not swapped: the live database must take connections again (blue runs on it).
                     _allow_connections(admin, names.live, True)
