@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import psycopg
 from deployctl import delta as deltas
 from deployctl import engine, playbook, preflight
 from deployctl import report as reports
-from deployctl.db import capture
+from deployctl.db import capture, restore
 from deployctl.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROLLBACK_FAILED, BadInput, DeployctlError
 from deployctl.journal import OPEN_STATUSES, Journal
 from deployctl.log import configure
@@ -400,19 +401,44 @@ def delta_replay(release_id: int, into: str | None, dry_run: bool, on_conflict: 
 @main.command()
 @click.option("-p", "--playbook", "pb_path", required=True, type=click.Path(dir_okay=False),
               envvar="DEPLOYCTL_PLAYBOOK", help="Playbook of the application to clean up.")
+@click.option("--failed-databases", is_flag=True,
+              help="Also drop the databases rollbacks kept (<db>_failed_N) or left (<db>_restore_N) "
+                   "for releases that ended longer ago than --older-than.")
+@click.option("--older-than", default="7d", show_default=True, metavar="DURATION",
+              help="With --failed-databases: how long ago the release ended (30m, 12h, 7d).")
 @json_option
 @_errors
-def cleanup(pb_path: str, as_json: bool) -> int:
+def cleanup(pb_path: str, failed_databases: bool, older_than: str, as_json: bool) -> int:
     """Drop replication slots, publications and capture triggers left by finished releases."""
+    try:
+        age = timedelta(seconds=playbook.parse_duration(older_than, limit=None))
+    except ValueError as exc:
+        raise BadInput(f"--older-than: {exc}") from None
     pb = playbook.load(pb_path)
     with Journal(engine.state_dsn(pb)) as journal:
         unfinished = journal.open_release(pb.app)
         keep = {capture.object_name(pb.app, unfinished.id)} if unfinished else set()
         with psycopg.connect(pb.database.dsn, autocommit=True) as conn:
             dropped = capture.cleanup(conn, pb.app, keep)
+        if failed_databases:
+            dropped += _drop_old_copies(journal, pb, datetime.now(UTC) - age)
     _emit({"dropped": dropped}, as_json,
           lambda: "\n".join(f"dropped {d}" for d in dropped) or "nothing to clean up")
     return EXIT_OK
+
+
+def _drop_old_copies(journal: Journal, pb: playbook.Playbook, before: datetime) -> list[str]:
+    """The kept copies of `pb`'s database whose release ended before `before`."""
+    dropped = []
+    for name, release_id in restore.kept_copies(pb.database.dsn):
+        found = journal.find(release_id)
+        if found is None or found.app != pb.app or found.open or (
+                found.finished_at is None or found.finished_at > before):
+            continue
+        restore.drop_copy(pb.database.dsn, name)
+        dropped.append(f"database {name} (release #{release_id}, ended "
+                       f"{found.finished_at:%Y-%m-%d %H:%M})")
+    return dropped
 
 
 @main.command()

@@ -200,8 +200,11 @@ class Journal:
         ).fetchone()
         return Release(**row) if row else None
 
+    def find(self, release_id: int) -> Release | None:
+        return self._release(sql.SQL("id = %s"), (release_id,))
+
     def get(self, release_id: int) -> Release:
-        release = self._release(sql.SQL("id = %s"), (release_id,))
+        release = self.find(release_id)
         if release is None:
             raise BadInput(f"no release #{release_id} in the journal (see `deployctl history`)")
         return release

@@ -43,13 +43,13 @@ MAX_DEPTH = 32
 MAX_DURATION_S = 7 * 24 * 3600.0
 
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def parse_duration(value: Any) -> float:
-    """`250ms`, `5s`, `2m`, `1h` or a number of seconds, as seconds."""
+def parse_duration(value: Any, limit: float | None = MAX_DURATION_S) -> float:
+    """`250ms`, `5s`, `2m`, `1h`, `7d` or a number of seconds, as seconds (at most `limit`)."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 500ms, 5s or 2m")
     if isinstance(value, int | float):
@@ -61,8 +61,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"expected a positive, finite duration, got {value!r}")
-    if seconds > MAX_DURATION_S:
-        raise ValueError(f"expected a duration of at most 7 days (168h), got {value!r}")
+    if limit is not None and seconds > limit:
+        raise ValueError(f"expected a duration of at most {limit / 86400:g} days, got {value!r}")
     return seconds
 
 

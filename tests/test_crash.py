@@ -161,3 +161,30 @@ def test_a_swap_killed_halfway_is_finished_before_anything_else_the_rerun_does(
     finished = env.cli("rollback", "--state-dsn", env.state_dsn)
     assert finished.returncode == 0, finished.stderr
     assert_rolled_back(env, 2, before)
+
+
+def test_cleanup_drops_the_databases_rollbacks_kept_once_their_release_ended_long_enough_ago(
+        env: Env) -> None:
+    v1_live(env)
+    broken = env.playbook("2", deploy={**_default_deploy(env), "env": {
+        "DATABASE_URL": env.app_dsn, "SOCIAL_FAIL": "1"}})
+    assert env.cli("release", str(broken)).returncode == 1
+    failed = f"{env.dbname}_failed_2"
+
+    def databases() -> set[str]:
+        with env.connect() as conn:
+            return {n for (n,) in conn.execute("SELECT datname FROM pg_database")}
+
+    assert failed in databases(), "the rollback kept the failed database for a look"
+    young = env.cli("cleanup", "--json", "-p", str(broken), "--failed-databases", "--older-than", "1h")
+    assert young.returncode == 0, young.stderr
+    assert json.loads(young.stdout)["dropped"] == [] and failed in databases()
+
+    bad = env.cli("cleanup", "-p", str(broken), "--failed-databases", "--older-than", "soon")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --older-than: "), bad.stderr
+
+    old = env.cli("cleanup", "--json", "-p", str(broken), "--failed-databases", "--older-than", "1ms")
+    assert old.returncode == 0, old.stderr
+    assert [d.split(" (")[0] for d in json.loads(old.stdout)["dropped"]] == [f"database {failed}"]
+    assert failed not in databases() and env.dbname in databases()
+    assert env.revision() == "0001", "the live database is untouched"

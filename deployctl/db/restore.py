@@ -120,6 +120,27 @@ def finish_interrupted_swap(dsn: str, release_id: int) -> str | None:
     return found
 
 
+def kept_copies(dsn: str) -> list[tuple[str, int]]:
+    """The live database's side-by-side restores and kept failed databases, with the release
+    each belongs to."""
+    live = str(conninfo_to_dict(dsn)["dbname"])
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        names = [n for (n,) in admin.execute(
+            r"SELECT datname FROM pg_database WHERE datname ~ '_(restore|failed)_\d+$' ORDER BY 1")]
+    found = []
+    for name in names:
+        release_id = int(name.rsplit("_", 1)[1])
+        if name in (Names.for_release(live, release_id).restored,
+                    Names.for_release(live, release_id).failed):
+            found.append((name, release_id))
+    return found
+
+
+def drop_copy(dsn: str, name: str) -> None:
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
 def in_progress(dsn: str, release_id: int) -> bool:
     """Whether a restore for this release was loaded (and maybe half swapped) already."""
     names = names_for(dsn, release_id)
