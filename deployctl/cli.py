@@ -184,19 +184,39 @@ def resume(release_id: int | None, pb_path: str | None, state_dsn: str | None,
 
 @main.command()
 @click.argument("release_id", required=False, type=int)
+@click.option("--database", "database", type=click.Choice(["keep", "downgrade", "restore"]),
+              help="How to roll the database back this time, instead of the playbook's "
+                   "database.rollback (asks to confirm; --yes confirms): the way out when the "
+                   "delta is incomplete and a restore would lose what it misses.")
 @with_state
 @json_option
 @_errors
-def rollback(release_id: int | None, pb_path: str | None, state_dsn: str | None,
-             as_json: bool) -> int:
+def rollback(release_id: int | None, database: str | None, pb_path: str | None,
+             state_dsn: str | None, as_json: bool) -> int:
     """Undo an unfinished release from whatever step it reached (a running one rolls itself
     back at its next gate reading)."""
     state, rid = _target(release_id, pb_path, state_dsn)
     if engine.running_elsewhere(state, rid):
+        if database is not None:
+            raise BadInput(f"release #{rid} is running: --database applies to a release no "
+                           "process is working on (see `deployctl status`)")
         return _request("rollback", rid, None, state, as_json)
-    result = engine.rollback(state, rid)
+    if database is not None:
+        _confirm(f"roll release #{rid}'s database back with `{database}` instead of the "
+                 "playbook's database.rollback?")
+    result = engine.rollback(state, rid, database)
     _emit(result.__dict__, as_json, lambda: _result_text(result))
     return EXIT_OK if result.status == "rolled_back" else result.exit_code
+
+
+def _confirm(question: str) -> None:
+    """An operator's yes: `--yes`, or an answer on the terminal; nothing else."""
+    if os.environ.get("DEPLOYCTL_YES") == "1":
+        return
+    if not sys.stdin.isatty():
+        raise BadInput(f"{question} Confirm with `deployctl --yes …` (no terminal to ask on)")
+    if not click.confirm(question, default=False, err=True):
+        raise BadInput("not confirmed: nothing changed")
 
 
 def _control(command: str, summary: str) -> None:

@@ -54,14 +54,15 @@ def info(journal: Journal, release_id: int) -> CaptureInfo | None:
     return CaptureInfo.from_row(row) if row else None
 
 
-def require_complete(journal: Journal, release_id: int) -> None:
+def require_complete(journal: Journal, release_id: int, way_out: str = "") -> None:
     row = journal.capture(release_id)
     if row is None:
         raise BadInput(f"release #{release_id} captured no delta")
     if row["status"] == "incomplete":
         raise StepFailed(
             f"the delta of release #{release_id} is incomplete ({row['problem']}): changes are "
-            "missing, so it is not replayed silently; inspect it with `deployctl delta show`")
+            "missing, so it is not replayed silently; inspect it with `deployctl delta show`"
+            + (f"; {way_out}" if way_out else ""))
 
 
 def drain(journal: Journal, pb: Playbook, release_id: int, conn: psycopg.Connection[Any] | None = None,
@@ -127,7 +128,9 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         return {"action": action, **restore.swap(dsn, names, pausing=pausing)}
     restore.reopen(dsn)  # killed while the live database refused connections, before the swap
     drain(journal, pb, release_id)
-    require_complete(journal, release_id)
+    way_out = (f"to roll back without it, keep the database as it is or downgrade it: "
+               f"`deployctl rollback {release_id} --database keep|downgrade`")
+    require_complete(journal, release_id, way_out)
     replayed_upto = last_stored(journal, release_id)
     first = replay.apply(journal.conn, release_id, restored_dsn, opts())
 
@@ -135,7 +138,7 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         # Every other session has exited (restore waits for them): nothing commits after this.
         upto = live.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
         drain(journal, pb, release_id, conn=live, upto_lsn=upto)
-        require_complete(journal, release_id)
+        require_complete(journal, release_id, way_out)
         last = replay.apply(journal.conn, release_id, restored_dsn, opts(), stored_after=replayed_upto)
         return {"tail_changes": sum(t.changes for t in last.tables.values()), "tail": last}
 

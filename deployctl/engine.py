@@ -248,12 +248,15 @@ def _ended(journal: Journal, release_id: int, notifier: Notifier) -> Result:
     return result
 
 
-def _continue(state: str, release_id: int, action: str) -> Result:
+def _continue(state: str, release_id: int, action: str, database: str | None = None) -> Result:
     with Journal(state) as journal:
         found = journal.get(release_id)
         if not found.open:
             raise BadInput(f"release #{release_id} is already {found.status}: nothing to {action}")
         pb = parse(found.playbook_text, Path(found.playbook_path))
+        if database is not None:
+            # The operator's choice for this rollback, instead of the playbook's database.rollback.
+            pb = pb.model_copy(update={"database": pb.database.model_copy(update={"rollback": database})})
         journal.acquire(pb.app, pb.version, release_id)
         try:
             notifier = Notifier(pb, release_id)
@@ -273,6 +276,9 @@ def _continue(state: str, release_id: int, action: str) -> Result:
                 log.info("resuming release", release=release_id)
                 _forward(run)
             else:
+                if database is not None:
+                    journal.event(release_id, "rollback.database", "info",
+                                  {"mode": database, "chosen_by": "operator"})
                 _rollback(run, found.reason if found.status != "running" and found.reason
                           else _process_gone(journal, release_id) + "; rolled back by operator")
             return _ended(journal, release_id, notifier)
@@ -328,9 +334,10 @@ def resume(state: str, release_id: int) -> Result:
     return _continue(state, release_id, "resume")
 
 
-def rollback(state: str, release_id: int) -> Result:
-    """Undo a release from whatever step it reached."""
-    return _continue(state, release_id, "rollback")
+def rollback(state: str, release_id: int, database: str | None = None) -> Result:
+    """Undo a release from whatever step it reached; `database` (keep, downgrade or restore)
+    instead of the playbook's `database.rollback`."""
+    return _continue(state, release_id, "rollback", database)
 
 
 def find_open(state: str, app: str | None) -> int:

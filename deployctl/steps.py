@@ -257,6 +257,8 @@ def database(run: Run) -> Outcome:
     if mode == "restore" and restore.in_progress(dsn, run.release_id):
         # A crash mid-swap can leave no database under the live name: finish the swap first.
         return _restore(run, Path(recorded["path"]), base)
+    if mode != "restore":
+        restore.drop_unswapped(dsn, run.release_id)  # loaded for a restore the operator overrode
     alembic = run.alembic
     current = alembic.current()
     if current == base:

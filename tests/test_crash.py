@@ -188,3 +188,31 @@ def test_cleanup_drops_the_databases_rollbacks_kept_once_their_release_ended_lon
     assert [d.split(" (")[0] for d in json.loads(old.stdout)["dropped"]] == [f"database {failed}"]
     assert failed not in databases() and env.dbname in databases()
     assert env.revision() == "0001", "the live database is untouched"
+
+
+def test_an_incomplete_delta_refuses_a_restore_and_the_operator_rolls_back_by_downgrade_instead(
+        env: Env) -> None:
+    before = v1_live(env)
+    broken = env.playbook("2", deploy={**_default_deploy(env), "env": {
+        "DATABASE_URL": env.app_dsn, "SOCIAL_FAIL": "1"}})
+    killed = env.cli("release", str(broken), env={"DEPLOYCTL_FAILPOINT": "smoke:started"})
+    assert killed.returncode == -9
+    with env.connect() as conn:  # the slot is lost: the delta misses what it held
+        conn.execute("SELECT pg_drop_replication_slot('deployctl_social_2')")
+
+    refused = env.cli("rollback", "--state-dsn", env.state_dsn)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "is incomplete" in refused.stdout and "--database keep|downgrade" in refused.stdout
+    assert env.release_row(2)["status"] == "rollback_failed"
+
+    unconfirmed = env.cli("rollback", "2", "--database", "downgrade", "--state-dsn", env.state_dsn)
+    assert unconfirmed.returncode == 2, unconfirmed.stdout + unconfirmed.stderr
+    assert "deployctl --yes" in unconfirmed.stderr
+    assert env.release_row(2)["status"] == "rollback_failed" and env.revision() == "0002"
+
+    done = env.cli("--yes", "rollback", "2", "--database", "downgrade", "--json",
+                   "--state-dsn", env.state_dsn)
+    assert done.returncode == 0, done.stdout + done.stderr
+    database = next(s for s in json.loads(done.stdout)["steps"] if s["step"] == "rollback.database")
+    assert database["action"] == "downgraded 0002 → 0001"
+    assert_rolled_back(env, 2, before)

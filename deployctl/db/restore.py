@@ -136,6 +136,15 @@ def kept_copies(dsn: str) -> list[tuple[str, int]]:
     return found
 
 
+def drop_unswapped(dsn: str, release_id: int) -> None:
+    """Drop this release's restored copy if it never took the live database's place."""
+    names = names_for(dsn, release_id)
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        if _exists(admin, names.failed):
+            return
+    drop_copy(dsn, names.restored)
+
+
 def drop_copy(dsn: str, name: str) -> None:
     with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
