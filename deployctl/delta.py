@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from deployctl import failpoints
 from deployctl.db import capture, capture_store, replay, restore
 from deployctl.db.capture import CaptureInfo, CaptureLost
 from deployctl.db.shapes import History
@@ -102,7 +103,7 @@ def finish(journal: Journal, pb: Playbook, release_id: int) -> dict[str, Any]:
         drain(journal, pb, release_id)
     capture.stop(where, row["slot"])
     journal.set_capture(release_id, "stopped")
-    changes = journal.conn.execute("SELECT count(*) AS n FROM deployctl.changes WHERE release_id = %s",
+    changes = journal.execute("SELECT count(*) AS n FROM deployctl.changes WHERE release_id = %s",
                                    (release_id,)).fetchone()
     return {"capture": journal.capture(release_id)["status"],  # type: ignore[index]
             "changes_captured": changes["n"] if changes else 0}
@@ -115,6 +116,7 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     `pausing`), tail, swap."""
     dsn = pb.database.dsn
     names = restore.load(dsn, snapshot_path, release_id, jobs=pb.snapshot.jobs)
+    failpoints.hit("rollback.database", "loaded")
     restored_dsn = with_dbname(dsn, names.restored)
 
     def opts() -> replay.Options:
@@ -167,7 +169,7 @@ def conflict_list(reports: list[replay.Report]) -> list[dict[str, Any]]:
 
 
 def last_stored(journal: Journal, release_id: int) -> int:
-    row = journal.conn.execute(
+    row = journal.execute(
         "SELECT COALESCE(max(stored), 0) AS last FROM deployctl.changes WHERE release_id = %s",
         (release_id,)).fetchone()
     return int(row["last"]) if row else 0
@@ -180,14 +182,14 @@ def show(journal: Journal, release_id: int) -> dict[str, Any]:
     row = journal.capture(release_id)
     if row is None:
         raise BadInput(f"release #{release_id} captured no delta (it stopped before its snapshot)")
-    tables = journal.conn.execute(
+    tables = journal.execute(
         """SELECT schema_name || '.' || table_name AS table, op, count(*) AS n
            FROM deployctl.changes WHERE release_id = %s GROUP BY 1, 2 ORDER BY 1, 2""",
         (release_id,)).fetchall()
     per_table: dict[str, dict[str, int]] = {}
     for t in tables:
         per_table.setdefault(t["table"], {})[t["op"]] = t["n"]
-    span = journal.conn.execute(
+    span = journal.execute(
         """SELECT count(*) AS changes, count(DISTINCT xid) AS transactions,
                   min(committed_at) AS first, max(committed_at) AS last
            FROM deployctl.changes WHERE release_id = %s""", (release_id,)).fetchone()

@@ -21,12 +21,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from deployctl.errors import BadInput, LockHeld
+from deployctl.log import log
 from deployctl.redact import safe_dsn
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent / "sql" / "state.sql"
 OPEN_STATUSES = ("running", "rolling_back", "rollback_failed", "aborted")
+RECONNECT_S = 120.0  # how long the journal waits for its database to come back
 # Namespace of deployctl's advisory locks (the second key is the application's name).
 _LOCK_NAMESPACE = "deployctl.release"
 
@@ -92,19 +95,67 @@ def _ensure_database(state_dsn: str) -> None:
 
 
 class Journal:
-    """One autocommit connection to the state database; holds the advisory lock while open."""
+    """One autocommit connection to the state database; holds the advisory lock while open.
+
+    The database may go away for a moment (a restart, a failover): a statement outside a
+    transaction that finds the connection gone reconnects, with backoff for up to RECONNECT_S,
+    takes this process's locks again and runs once more. A transaction that loses its
+    connection fails: its caller decides.
+    """
 
     def __init__(self, state_dsn: str) -> None:
         _ensure_database(state_dsn)
         self.dsn = state_dsn
-        self.conn = psycopg.connect(state_dsn, autocommit=True, row_factory=dict_row)
-        with self.conn.transaction():
+        self._locked: set[str] = set()   # apps whose lock this process holds
+        self._depth = 0                  # open transaction() blocks
+        self.conn = self._connect()
+        with self.transaction():
             # Two first runs at once must not race on CREATE TABLE IF NOT EXISTS.
-            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('deployctl.schema'))")
-            self.conn.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type]
+            self.execute("SELECT pg_advisory_xact_lock(hashtext('deployctl.schema'))")
+            self.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type]
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        return psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row, connect_timeout=10)
 
     def close(self) -> None:
         self.conn.close()
+
+    def execute(self, query: Any, params: Any = None) -> psycopg.Cursor[dict[str, Any]]:
+        try:
+            return self.conn.execute(query, params)
+        except psycopg.OperationalError as exc:
+            if self._depth or not self._gone(exc):
+                raise  # inside a transaction, or the server refused the statement itself
+        self.reconnect()
+        return self.conn.execute(query, params)
+
+    def _gone(self, exc: psycopg.OperationalError) -> bool:
+        # The session is lost: the socket closed, or the server ended it (57P01 admin_shutdown
+        # on a restart, 57P02 crash_shutdown, 57P03 cannot_connect_now, 08xxx connection errors).
+        return self.conn.broken or self.conn.closed or (exc.sqlstate or "").startswith(("57P", "08"))
+
+    def reconnect(self) -> None:
+        """A new session once the server answers again; the locks this process held, again."""
+        def waiting(state: RetryCallState) -> None:
+            log.warning("the state database is away; reconnecting", attempt=state.attempt_number,
+                        database=safe_dsn(self.dsn))
+
+        for attempt in Retrying(retry=retry_if_exception_type(psycopg.OperationalError),
+                                stop=stop_after_delay(RECONNECT_S),
+                                wait=wait_exponential(multiplier=0.2, max=5),
+                                before_sleep=waiting, reraise=True):
+            with attempt:
+                conn = self._connect()
+        self.conn.close()
+        self.conn = conn
+        for app in sorted(self._locked):
+            got = self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s)) AS got",
+                                    (_LOCK_NAMESPACE, app)).fetchone()
+            if not got or not got["got"]:
+                self._locked.discard(app)
+                raise LockHeld(f"{app}: another process took the lock while the state database was "
+                               "away; see `deployctl status`")
+        log.info("reconnected to the state database", database=safe_dsn(self.dsn))
 
     def __enter__(self) -> Journal:
         return self
@@ -114,19 +165,25 @@ class Journal:
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        with self.conn.transaction():
-            yield self.conn
+        if not self._depth:
+            self.execute("SELECT 1")  # a session the server ended while idle is found (and replaced) here
+        self._depth += 1
+        try:
+            with self.conn.transaction():
+                yield self.conn
+        finally:
+            self._depth -= 1
 
     # -- the lock ---------------------------------------------------------------------------
 
     def acquire(self, app: str, version: str, release_id: int | None = None) -> None:
         """Take the application's lock for this process's lifetime, or raise LockHeld."""
-        got = self.conn.execute(
+        got = self.execute(
             "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s)) AS got",
             (_LOCK_NAMESPACE, app),
         ).fetchone()
         if not got or not got["got"]:
-            row = self.conn.execute(
+            row = self.execute(
                 "SELECT holder, version, since, release_id FROM deployctl.locks WHERE app = %s",
                 (app,),
             ).fetchone()
@@ -135,7 +192,8 @@ class Journal:
                 f"since {row['since']:%Y-%m-%d %H:%M:%S %Z})" if row else "another process"
             )
             raise LockHeld(f"{app} is being released by {who}: wait for it or stop it first")
-        self.conn.execute(
+        self._locked.add(app)
+        self.execute(
             """INSERT INTO deployctl.locks (app, release_id, holder, version)
                VALUES (%s, %s, %s, %s)
                ON CONFLICT (app) DO UPDATE SET release_id = EXCLUDED.release_id,
@@ -144,24 +202,25 @@ class Journal:
         )
 
     def attach_lock(self, app: str, release_id: int) -> None:
-        self.conn.execute(
+        self.execute(
             "UPDATE deployctl.locks SET release_id = %s WHERE app = %s", (release_id, app)
         )
 
     def release_lock(self, app: str) -> None:
-        self.conn.execute("DELETE FROM deployctl.locks WHERE app = %s", (app,))
-        self.conn.execute(
+        self.execute("DELETE FROM deployctl.locks WHERE app = %s", (app,))
+        self.execute(
             "SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (_LOCK_NAMESPACE, app)
         )
+        self._locked.discard(app)
 
     def lock_holder(self, app: str) -> dict[str, Any]:
         """Who holds the lock (if the row says) and whether a live session really holds it."""
-        alive = self.conn.execute(
+        alive = self.execute(
             """SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
                    AND classid::int = hashtext(%s) AND objid::int = hashtext(%s)) AS alive""",
             (_LOCK_NAMESPACE, app),
         ).fetchone()
-        row = self.conn.execute("SELECT * FROM deployctl.locks WHERE app = %s", (app,)).fetchone()
+        row = self.execute("SELECT * FROM deployctl.locks WHERE app = %s", (app,)).fetchone()
         return {**(row or {}), "alive": bool(alive and alive["alive"])}
 
     # -- releases ---------------------------------------------------------------------------
@@ -172,7 +231,7 @@ class Journal:
     ) -> int:
         try:
             with self.transaction():
-                row = self.conn.execute(
+                row = self.execute(
                     """INSERT INTO deployctl.releases (app, version, from_version, playbook_path,
                            playbook_text, playbook_sha256, started_by)
                        VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
@@ -190,7 +249,7 @@ class Journal:
         return int(row["id"])
 
     def _release(self, where: sql.Composable, params: tuple[Any, ...]) -> Release | None:
-        row = self.conn.execute(
+        row = self.execute(
             sql.SQL(
                 """SELECT id, app, version, from_version, status, reason, playbook_path,
                           playbook_text, started_by, started_at, finished_at
@@ -218,7 +277,7 @@ class Journal:
         return self._release(sql.SQL("app = %s"), (app,))
 
     def history(self, app: str | None = None, limit: int = 20) -> list[Release]:
-        rows = self.conn.execute(
+        rows = self.execute(
             """SELECT id, app, version, from_version, status, reason, playbook_path,
                       playbook_text, started_by, started_at, finished_at
                FROM deployctl.releases WHERE %(app)s::text IS NULL OR app = %(app)s
@@ -229,7 +288,7 @@ class Journal:
 
     def set_status(self, release_id: int, status: str, reason: str | None = None) -> None:
         finished = status in ("released", "rolled_back")
-        self.conn.execute(
+        self.execute(
             """UPDATE deployctl.releases SET status = %s, reason = COALESCE(%s, reason),
                    finished_at = CASE WHEN %s THEN clock_timestamp() END
                WHERE id = %s""",
@@ -239,13 +298,13 @@ class Journal:
     # -- requests from other terminals ------------------------------------------------------
 
     def request(self, release_id: int, command: str) -> None:
-        self.conn.execute(
+        self.execute(
             "INSERT INTO deployctl.controls (release_id, command, requested_by) VALUES (%s, %s, %s)",
             (release_id, command, holder_name()))
 
     def take_request(self, release_id: int) -> dict[str, Any] | None:
         """The oldest request not handled yet, marked handled (one at a time: none is lost)."""
-        return self.conn.execute(
+        return self.execute(
             """UPDATE deployctl.controls SET handled_at = clock_timestamp()
                WHERE id = (SELECT min(id) FROM deployctl.controls
                            WHERE release_id = %s AND handled_at IS NULL)
@@ -255,20 +314,20 @@ class Journal:
 
     def event(self, release_id: int, step: str, phase: str, detail: dict[str, Any] | None = None
               ) -> None:
-        self.conn.execute(
+        self.execute(
             "INSERT INTO deployctl.events (release_id, step, phase, detail) VALUES (%s, %s, %s, %s)",
             (release_id, step, phase, Jsonb(detail or {})),
         )
 
     def events(self, release_id: int) -> list[dict[str, Any]]:
-        return self.conn.execute(
+        return self.execute(
             "SELECT step, phase, at, detail FROM deployctl.events WHERE release_id = %s ORDER BY id",
             (release_id,),
         ).fetchall()
 
     def step_phase(self, release_id: int, step: str) -> str | None:
         """The last phase recorded for a step (None: never started)."""
-        row = self.conn.execute(
+        row = self.execute(
             """SELECT phase FROM deployctl.events
                WHERE release_id = %s AND step = %s AND phase <> 'info'
                ORDER BY id DESC LIMIT 1""",
@@ -278,7 +337,7 @@ class Journal:
 
     def step_detail(self, release_id: int, step: str) -> dict[str, Any]:
         """The detail of a step's `done` event (empty if it has none)."""
-        row = self.conn.execute(
+        row = self.execute(
             """SELECT detail FROM deployctl.events
                WHERE release_id = %s AND step = %s AND phase = 'done'
                ORDER BY id DESC LIMIT 1""",
@@ -289,7 +348,7 @@ class Journal:
     # -- snapshots and the live version -----------------------------------------------------
 
     def record_snapshot(self, release_id: int, path: str, manifest: dict[str, Any]) -> None:
-        self.conn.execute(
+        self.execute(
             """INSERT INTO deployctl.snapshots (release_id, path, manifest) VALUES (%s, %s, %s)
                ON CONFLICT (release_id) DO UPDATE
                SET path = EXCLUDED.path, manifest = EXCLUDED.manifest""",
@@ -297,7 +356,7 @@ class Journal:
         )
 
     def snapshot(self, release_id: int) -> dict[str, Any] | None:
-        row = self.conn.execute(
+        row = self.execute(
             "SELECT path, manifest FROM deployctl.snapshots WHERE release_id = %s", (release_id,)
         ).fetchone()
         return dict(row) if row else None
@@ -306,7 +365,7 @@ class Journal:
         """The capture's slot and publication (or triggers), written before they are created:
         a release that dies while creating them, or before its snapshot, leaves a row that
         `rollback`, `resume` and `cleanup` find them by."""
-        self.conn.execute(
+        self.execute(
             """INSERT INTO deployctl.captures (release_id, mode, slot, publication)
                VALUES (%s, %s, %s, %s) ON CONFLICT (release_id) DO NOTHING""",
             (release_id, mode, name if mode == "logical" else None,
@@ -317,7 +376,7 @@ class Journal:
                        revision: str | None = None) -> None:
         """A capture that starts at `snapshot`, on a schema at Alembic `revision`."""
         self.record_capture_objects(release_id, mode, name)
-        self.conn.execute(
+        self.execute(
             """UPDATE deployctl.captures SET snapshot = %s, base_revision = %s
                WHERE release_id = %s AND snapshot IS NULL""",
             (snapshot, revision, release_id),
@@ -330,14 +389,14 @@ class Journal:
 
     def capture_objects(self, release_id: int) -> dict[str, Any] | None:
         """The capture of a release, also one whose snapshot was never taken."""
-        row = self.conn.execute(
+        row = self.execute(
             "SELECT * FROM deployctl.captures WHERE release_id = %s", (release_id,)
         ).fetchone()
         return dict(row) if row else None
 
     def set_capture(self, release_id: int, status: str, problem: str | None = None) -> None:
         """Mark a capture stopped or incomplete (an incomplete one never becomes whole again)."""
-        self.conn.execute(
+        self.execute(
             """UPDATE deployctl.captures SET problem = COALESCE(%s, problem),
                    status = CASE WHEN status = 'incomplete' THEN status ELSE %s END,
                    stopped_at = CASE WHEN %s = 'active' THEN NULL ELSE clock_timestamp() END
@@ -346,7 +405,7 @@ class Journal:
         )
 
     def set_live(self, app: str, version: str, release_id: int) -> None:
-        self.conn.execute(
+        self.execute(
             """INSERT INTO deployctl.apps (app, live_version, release_id) VALUES (%s, %s, %s)
                ON CONFLICT (app) DO UPDATE SET live_version = EXCLUDED.live_version,
                    release_id = EXCLUDED.release_id, updated_at = clock_timestamp()""",
@@ -354,5 +413,5 @@ class Journal:
         )
 
     def live(self, app: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT * FROM deployctl.apps WHERE app = %s", (app,)).fetchone()
+        row = self.execute("SELECT * FROM deployctl.apps WHERE app = %s", (app,)).fetchone()
         return dict(row) if row else None

@@ -143,6 +143,14 @@ class LocalCluster:
             raise LocalPgError(f"pg_ctl start failed: {started.stderr.strip()}\n{tail}")
         return self.dsn()
 
+    def restart(self) -> None:
+        """Stop (fast: every session ends) and start again on the same port: what clients see
+        of a server restart or a failover."""
+        done = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "postgres.log"),
+                         "-m", "fast", "-w", "-t", "60", "restart")
+        if done.returncode != 0:
+            raise LocalPgError(f"pg_ctl restart failed: {done.stderr.strip()}")
+
     def stop(self) -> None:
         if self.running():
             self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")

@@ -210,7 +210,7 @@ def _cohorts(steps: list[dict[str, Any]], events: list[dict[str, Any]], readings
 
 
 def _controls(journal: Journal, release_id: int) -> list[dict[str, Any]]:
-    rows = journal.conn.execute(
+    rows = journal.execute(
         """SELECT command, requested_by, requested_at, handled_at FROM deployctl.controls
            WHERE release_id = %s ORDER BY id""", (release_id,)).fetchall()
     return [dict(r) for r in rows]
@@ -357,7 +357,7 @@ def _personal_values(journal: Journal, release_id: int, personal: list[str]) -> 
     found: set[str] = set()
     for item in personal:
         table, column = item.rsplit(".", 1)
-        rows = journal.conn.execute(
+        rows = journal.execute(
             """SELECT DISTINCT v FROM deployctl.changes c,
                    LATERAL (VALUES (c.new ->> %(col)s), (c.old ->> %(col)s), (c.key ->> %(col)s)) AS x(v)
                WHERE c.release_id = %(rid)s AND c.table_name = %(table)s AND length(v) >= %(min)s

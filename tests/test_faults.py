@@ -1,0 +1,111 @@
+"""Faults from outside deployctl: its database restarting under a release or under a rollback.
+
+These tests run on a PostgreSQL cluster of their own (restarting the session's server would
+disturb nothing else, but it may be a server the tests do not own). The release is stopped
+(SIGSTOP, from a failpoint) at an exact point, the cluster restarts (every session ends, as in
+a restart or a failover), and the release goes on (SIGCONT). Whatever happens next, the journal
+tells the truth, nothing is left behind, and no acknowledged write is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployctl.localpg import LocalCluster
+from tests.conftest import Env, seed, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    own = LocalCluster(tmp_path_factory.mktemp("restartable"))
+    own.start()
+    yield own
+    own.destroy()
+
+
+@pytest.fixture(scope="module")
+def pg_server(cluster: LocalCluster) -> str:
+    """The `env` fixture's server: this module's own cluster."""
+    return cluster.dsn()
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process stopped itself at its failpoint (state T in /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+def run_stopped_at(env: Env, failpoint: str, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployctl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=env.dir, env={**os.environ, "DEPLOYCTL_FAILPOINT": f"{failpoint}:stop"})
+    wait_for(f"deployctl to stop at {failpoint}", lambda: proc.poll() is not None or stopped(proc.pid),
+             timeout=300)
+    assert proc.poll() is None, proc.communicate()
+    return proc
+
+
+def go_on(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err
+
+
+def user_names(env: Env) -> set[str]:
+    with env.connect() as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM users").fetchall()}
+
+
+def add_user(env: Env, name: str) -> None:
+    with env.connect() as conn:
+        conn.execute("INSERT INTO users (name, email) VALUES (%s, %s)", (name, f"{name}@example.com"))
+
+
+def test_a_database_restart_inside_the_capture_window_is_survived(env: Env, cluster: LocalCluster) -> None:
+    assert env.cli("release", str(env.playbook("1"))).returncode == 0
+    seed(env)
+    proc = run_stopped_at(env, "smoke:started", "release", "--json", str(env.playbook("2")))
+    add_user(env, "before_restart")
+    cluster.restart()
+    add_user(env, "after_restart")
+
+    code, out, err = go_on(proc)
+
+    # The journal and the capture reconnected: the release went on as if nothing happened.
+    assert code == 0, out + err
+    assert json.loads(out)["status"] == "released"
+    assert "reconnected to the state database" in err
+    assert {"before_restart", "after_restart"} <= user_names(env)
+    assert env.leftovers() == []
+
+
+def test_a_database_restart_inside_the_rollback_is_survived_and_loses_nothing(
+        env: Env, cluster: LocalCluster) -> None:
+    assert env.cli("release", str(env.playbook("1"))).returncode == 0
+    seed(env)
+    deploy = yaml.safe_load(env.playbook("2").read_text())["deploy"]
+    deploy["env"]["SOCIAL_FAIL"] = "1"
+    proc = run_stopped_at(env, "rollback.database:loaded", "release", "--json",
+                          str(env.playbook("2", deploy=deploy)))
+    add_user(env, "during_rollback")  # written to the migrated database: the delta must carry it
+    cluster.restart()
+
+    code, out, err = go_on(proc)
+
+    result = json.loads(out)
+    assert code == 1, out + err
+    assert result["status"] == "rolled_back", result
+    assert env.revision() == "0001"
+    assert "during_rollback" in user_names(env), "a write made before the restart was replayed"
+    assert env.leftovers() == []
