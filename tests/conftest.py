@@ -212,11 +212,11 @@ class Env:
             return conn.execute("SELECT step, phase FROM deployctl.events WHERE release_id = %s "
                                 "ORDER BY id", (release_id,)).fetchall()
 
-    def stop_apps(self) -> None:
+    def stop_apps(self, workdir: Path | None = None) -> None:
         import json
         import signal
 
-        for pidfile in (self.workdir / "run").glob("*/*.pid"):
+        for pidfile in ((workdir or self.workdir) / "run").glob("*/*.pid"):
             try:
                 os.killpg(int(json.loads(pidfile.read_text())["pid"]), signal.SIGKILL)
             except (OSError, ValueError, KeyError):

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 
@@ -108,4 +109,97 @@ def test_a_database_restart_inside_the_rollback_is_survived_and_loses_nothing(
     assert result["status"] == "rolled_back", result
     assert env.revision() == "0001"
     assert "during_rollback" in user_names(env), "a write made before the restart was replayed"
+    assert env.leftovers() == []
+
+
+@pytest.fixture
+def small_slot_limit(cluster: LocalCluster) -> Iterator[None]:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def test_a_slot_the_server_invalidates_makes_the_delta_incomplete_and_restore_refuse(
+        env: Env, cluster: LocalCluster, small_slot_limit: None) -> None:
+    assert env.cli("release", str(env.playbook("1"))).returncode == 0
+    seed(env)
+    deploy = yaml.safe_load(env.playbook("2").read_text())["deploy"]
+    deploy["env"]["SOCIAL_FAIL"] = "1"
+    proc = run_stopped_at(env, "smoke:started", "release", "--json",
+                          str(env.playbook("2", deploy=deploy)))
+    add_user(env, "in_the_lost_wal")
+    with env.connect() as conn:  # more WAL than max_slot_wal_keep_size, then a checkpoint
+        def lost() -> bool:
+            for _ in range(3):
+                conn.execute("SELECT pg_logical_emit_message(true, 'fill', repeat('x', 1 << 20))")
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+            row = conn.execute("SELECT wal_status FROM pg_replication_slots "
+                               "WHERE slot_name = 'deployctl_social_2'").fetchone()
+            return row is not None and row[0] == "lost"
+
+        wait_for("the server to invalidate the capture slot", lost, timeout=120, every=0)
+
+    code, out, err = go_on(proc)
+
+    # A restore would silently lose what the slot held: it is refused, and says the way out.
+    assert code == 3, out + err
+    result = json.loads(out)
+    assert result["status"] == "rollback_failed"
+    assert "is incomplete (replication slot deployctl_social_2 is lost)" in result["reason"]
+    assert "--database keep|downgrade" in result["reason"]
+    assert env.revision() == "0002", "nothing was restored"
+    done = env.cli("--yes", "rollback", "--database", "downgrade", "--state-dsn", env.state_dsn)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert env.revision() == "0001" and "in_the_lost_wal" in user_names(env)
+    assert env.leftovers() == []
+
+
+@pytest.fixture
+def small_disk(env: Env) -> Iterator[Path]:
+    """A filesystem of its own for the workdir, 32 MiB: enough for preflight's estimate."""
+    mount = env.dir / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        env.stop_apps(mount / "work")
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(folder: Path) -> None:
+    """Write into `folder` until its filesystem is full."""
+    with open(folder / "filler", "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * (1 << 16))
+                out.flush()
+        except OSError:
+            pass
+
+
+def test_a_disk_that_fills_during_the_snapshot_fails_the_release_and_leaves_no_capture(
+        env: Env, small_disk: Path) -> None:
+    workdir = str(small_disk / "work")
+    assert env.cli("release", str(env.playbook("1", workdir=workdir))).returncode == 0
+    seed(env)
+    proc = run_stopped_at(env, "snapshot:started", "release", "--json",
+                          str(env.playbook("2", workdir=workdir)))
+    fill(small_disk)  # after preflight measured the free space, before the dump
+
+    code, out, err = go_on(proc)
+
+    assert code == 1, out + err
+    result = json.loads(out)
+    assert result["status"] == "rolled_back"
+    assert result["reason"].startswith("snapshot failed: "), result["reason"]
+    assert "No space left on device" in result["reason"]
+    assert env.revision() == "0001"
     assert env.leftovers() == []
