@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgres fleet-tools demo test bench lint clean
+.PHONY: setup postgres fleet-tools demo test soak bench lint clean
 
 setup: $(STAMP) postgres
 
@@ -27,6 +27,11 @@ demo: setup
 
 test: setup fleet-tools
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# The fault suites at length: kill -9 inside every step of a failing release, several times
+# each, under simulated users (make test runs three such trials).
+soak: setup fleet-tools
+	DEPLOYCTL_KILLS=27 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests/test_faults.py tests/test_crash.py
 
 # Results as `name value` lines on stdout (progress on stderr); a few minutes, own throwaway cluster.
 bench: setup

@@ -9,6 +9,7 @@ error.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psycopg
@@ -266,6 +268,26 @@ def env(pg_server: str, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
                 conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(name)))
             if role:
                 conn.execute(psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(ident(role)))
+
+
+def social_users() -> ModuleType:
+    """The sample app's simulated users (examples/social/users.py): traffic and its oracle."""
+    spec = importlib.util.spec_from_file_location("social_users", SOCIAL / "users.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
+def failing_v2_playbook(env: Env, capture: str = "auto") -> Path:
+    """Version 2 with its feed bug; the feed check retries ~4 s, so green serves meanwhile."""
+    deploy = yaml.safe_load(env.playbook("2").read_text())["deploy"]
+    deploy["env"]["SOCIAL_FAIL"] = "1"
+    feed = f"http://127.0.0.1:{env.green_port}/feed"
+    return env.playbook("2", deploy=deploy, smoke=[{
+        "name": "feed answers", "http": {"url": feed, "status": 200, "body_contains": "messages"},
+        "retries": 8, "interval": "0.5s"}], capture={"mode": capture})
 
 
 def migrate_to(world: Env, revision: str) -> None:

@@ -1,4 +1,5 @@
-"""Faults from outside deployctl: its database restarting under a release or under a rollback.
+"""Faults: deployctl killed at random moments under users; its database restarting, invalidating
+its slot or filling its disk under a release or under a rollback.
 
 These tests run on a PostgreSQL cluster of their own (restarting the session's server would
 disturb nothing else, but it may be a server the tests do not own). The release is stopped
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import pytest
 import yaml
 
 from deployctl.localpg import LocalCluster
-from tests.conftest import Env, seed, wait_for
+from tests.conftest import Env, failing_v2_playbook, seed, social_users, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +206,64 @@ def test_a_disk_that_fills_during_the_snapshot_fails_the_release_and_leaves_no_c
     assert "No space left on device" in result["reason"]
     assert env.revision() == "0001"
     assert env.leftovers() == []
+
+
+# -- kill -9 at random moments under users ------------------------------------------------------
+
+users = social_users()
+# Every step a failing release goes through, those with the most work inside first: trial N
+# kills inside step N (round and round), at a random moment of its work. `make test` runs the
+# first three; `make soak` (DEPLOYCTL_KILLS=N) runs every step several times.
+STEPS = ["snapshot", "rollback.database", "smoke", "migrate", "deploy", "rollback.capture",
+         "rollback.green", "rollback.blue", "preflight"]
+KILLS = int(os.environ.get("DEPLOYCTL_KILLS", "3"))
+
+
+def started(env: Env, step: str) -> bool:
+    with psycopg.connect(env.state_dsn, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM deployctl.events WHERE release_id = 2 AND step = %s",
+                            (step,)).fetchone() is not None
+
+
+@pytest.mark.parametrize("trial", range(KILLS))
+def test_a_kill_at_a_random_moment_then_rollback_or_resume_loses_no_acknowledged_action(
+        env: Env, trial: int) -> None:
+    rng = random.Random(20261202 + trial)
+    step, delay, finisher = STEPS[trial % len(STEPS)], rng.uniform(0, 0.6), rng.choice(
+        ["rollback", "resume"])
+    print(f"\ntrial {trial}: kill {delay:.3f} s into {step}, then `deployctl {finisher}`")
+    assert env.cli("release", str(env.playbook("1"))).returncode == 0
+    seed(env)
+    traffic = users.Traffic([f"http://127.0.0.1:{env.blue_port}"], workers=4, seed=trial)
+    traffic.start()
+    try:
+        traffic.add_when_healthy(f"http://127.0.0.1:{env.green_port}")
+        with (env.dir / "release.out").open("w") as out, (env.dir / "release.err").open("w") as err:
+            release = subprocess.Popen(
+                [sys.executable, "-m", "deployctl", "release", str(failing_v2_playbook(env))],
+                stdout=out, stderr=err, cwd=env.dir)
+        wait_for(f"{step} to start", lambda: release.poll() is not None or started(env, step),
+                 timeout=300, every=0.01)
+        time.sleep(delay)
+        release.kill()
+        killed = release.wait() == -signal.SIGKILL
+        if killed:
+            finished = env.cli(finisher, "--state-dsn", env.state_dsn, timeout=300)
+            assert finished.returncode in (0, 1), finished.stdout + finished.stderr
+        time.sleep(1.0)  # blue keeps taking writes after the end
+    finally:
+        acks = traffic.stop()
+    everything = acks + traffic.maybe_applied()
+
+    row = env.release_row(2)
+    assert row is not None and row["status"] == "rolled_back", row
+    with psycopg.connect(env.state_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                            ).fetchone() == (0,), "the lock went with the release"
+    assert env.revision() == "0001"
+    assert env.leftovers() == []
+    with env.connect() as conn:
+        found = users.check(conn, everything)
+    print("\n".join(found.lines()))
+    assert found.ok, "\n".join(found.problems[:20])
+    assert len(acks) > 0

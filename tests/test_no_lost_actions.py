@@ -10,22 +10,19 @@ Then version 1's database is compared with every acknowledged action, row by row
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import psycopg
 import pytest
-import yaml
 from psycopg.rows import dict_row
 
-from tests.conftest import SOCIAL, Env, seed, wait_for
+from tests.conftest import Env, seed, social_users, wait_for
+from tests.conftest import failing_v2_playbook as _failing_v2_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -33,26 +30,7 @@ AFTER_ROLLBACK_S = 1.5  # blue keeps taking writes this long after the release e
 CLOSELY = {"timeout": 300, "every": 0.005}  # wait_for: a moment of the rollback, not missed
 
 
-def _load_users() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("social_users", SOCIAL / "users.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while building
-    spec.loader.exec_module(module)
-    return module
-
-
-users = _load_users()
-
-
-def _failing_v2_playbook(env: Env, capture: str) -> Path:
-    """Version 2 with its feed bug; the feed check retries ~4 s, so green serves meanwhile."""
-    deploy = yaml.safe_load(env.playbook("2").read_text())["deploy"]
-    deploy["env"]["SOCIAL_FAIL"] = "1"
-    feed = f"http://127.0.0.1:{env.green_port}/feed"
-    return env.playbook("2", deploy=deploy, smoke=[{
-        "name": "feed answers", "http": {"url": feed, "status": 200, "body_contains": "messages"},
-        "retries": 8, "interval": "0.5s"}], capture={"mode": capture})
+users = social_users()
 
 
 def _step_events(env: Env, release_id: int) -> dict[tuple[str, str], dict[str, Any]]:
