@@ -491,11 +491,12 @@ class Playbook(Model):
         return hashlib.sha256(self.source_text.encode()).hexdigest()
 
 
-def _interpolate(node: Any, path: str, file: str) -> Any:
+def _interpolate(node: Any, loc: tuple[Any, ...], file: str) -> Any:
     if isinstance(node, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), file) for k, v in node.items()}
+        return {k: _interpolate(v, (*loc, k if isinstance(k, str) else str(k)), file)
+                for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, f"{path}[{i}]", file) for i, v in enumerate(node)]
+        return [_interpolate(v, (*loc, i), file) for i, v in enumerate(node)]
     if not isinstance(node, str):
         return node
 
@@ -505,7 +506,7 @@ def _interpolate(node: Any, path: str, file: str) -> Any:
         if value is None or (value == "" and default is not None):
             if default is None:
                 raise PlaybookError(
-                    file, path,
+                    file, _field_path(loc),
                     f"environment variable {name} is not set (export it, or write "
                     f"${{{name}:-default}})",
                 )
@@ -519,7 +520,12 @@ def _interpolate(node: Any, path: str, file: str) -> Any:
 def _field_path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not re.fullmatch(r"[\w-]+", str(part)):
+            out += f"[{str(part)!r}]"  # a key written with spaces, dots or newlines, as written
+        else:
+            out += f".{part}" if out else str(part)
     return out
 
 
@@ -587,8 +593,9 @@ def _check_nodes(root: yaml.Node) -> None:
 
 
 def _read_yaml(text: str, file: str) -> Any:
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # it reads the text at once: a NUL or other control character fails here
         root = loader.get_single_node()
         if root is None:
             return None
@@ -596,12 +603,17 @@ def _read_yaml(text: str, file: str) -> Any:
         return loader.construct_document(root)
     except _Refused as exc:
         raise PlaybookError(file, _position(exc.mark), exc.problem) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise PlaybookError(file, f"line {line}", f"not valid YAML: control character "
+                                                  f"U+{exc.character:04X} is not allowed") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise PlaybookError(file, _position(mark), f"not valid YAML: {problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def parse(text: str, path: Path) -> Playbook:
@@ -610,7 +622,7 @@ def parse(text: str, path: Path) -> Playbook:
     raw = _read_yaml(text, file)
     if not isinstance(raw, dict):
         raise PlaybookError(file, "", "expected a mapping of settings at the top level")
-    raw = _interpolate(raw, "", file)
+    raw = _interpolate(raw, (), file)
     try:
         return Playbook.model_validate(
             {**raw, "source_path": path, "source_text": text},
