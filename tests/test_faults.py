@@ -22,7 +22,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import yaml
 
 from deployctl.localpg import LocalCluster
 from tests.conftest import Env, failing_v2_playbook, seed, social_users, wait_for
@@ -66,6 +65,11 @@ def go_on(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+def released_v1(env: Env) -> None:
+    assert env.cli("release", str(env.playbook("1"))).returncode == 0
+    seed(env)
+
+
 def user_names(env: Env) -> set[str]:
     with env.connect() as conn:
         return {name for (name,) in conn.execute("SELECT name FROM users").fetchall()}
@@ -77,8 +81,7 @@ def add_user(env: Env, name: str) -> None:
 
 
 def test_a_database_restart_inside_the_capture_window_is_survived(env: Env, cluster: LocalCluster) -> None:
-    assert env.cli("release", str(env.playbook("1"))).returncode == 0
-    seed(env)
+    released_v1(env)
     proc = run_stopped_at(env, "smoke:started", "release", "--json", str(env.playbook("2")))
     add_user(env, "before_restart")
     cluster.restart()
@@ -96,12 +99,8 @@ def test_a_database_restart_inside_the_capture_window_is_survived(env: Env, clus
 
 def test_a_database_restart_inside_the_rollback_is_survived_and_loses_nothing(
         env: Env, cluster: LocalCluster) -> None:
-    assert env.cli("release", str(env.playbook("1"))).returncode == 0
-    seed(env)
-    deploy = yaml.safe_load(env.playbook("2").read_text())["deploy"]
-    deploy["env"]["SOCIAL_FAIL"] = "1"
-    proc = run_stopped_at(env, "rollback.database:loaded", "release", "--json",
-                          str(env.playbook("2", deploy=deploy)))
+    released_v1(env)
+    proc = run_stopped_at(env, "rollback.database:loaded", "release", "--json", str(failing_v2_playbook(env)))
     add_user(env, "during_rollback")  # written to the migrated database: the delta must carry it
     cluster.restart()
 
@@ -130,12 +129,8 @@ def small_slot_limit(cluster: LocalCluster) -> Iterator[None]:
 
 def test_a_slot_the_server_invalidates_makes_the_delta_incomplete_and_restore_refuse(
         env: Env, cluster: LocalCluster, small_slot_limit: None) -> None:
-    assert env.cli("release", str(env.playbook("1"))).returncode == 0
-    seed(env)
-    deploy = yaml.safe_load(env.playbook("2").read_text())["deploy"]
-    deploy["env"]["SOCIAL_FAIL"] = "1"
-    proc = run_stopped_at(env, "smoke:started", "release", "--json",
-                          str(env.playbook("2", deploy=deploy)))
+    released_v1(env)
+    proc = run_stopped_at(env, "smoke:started", "release", "--json", str(failing_v2_playbook(env)))
     add_user(env, "in_the_lost_wal")
     with env.connect() as conn:  # more WAL than max_slot_wal_keep_size, then a checkpoint
         def lost() -> bool:
@@ -232,8 +227,7 @@ def test_a_kill_at_a_random_moment_then_rollback_or_resume_loses_no_acknowledged
     step, delay, finisher = STEPS[trial % len(STEPS)], rng.uniform(0, 0.6), rng.choice(
         ["rollback", "resume"])
     print(f"\ntrial {trial}: kill {delay:.3f} s into {step}, then `deployctl {finisher}`")
-    assert env.cli("release", str(env.playbook("1"))).returncode == 0
-    seed(env)
+    released_v1(env)
     traffic = users.Traffic([f"http://127.0.0.1:{env.blue_port}"], workers=4, seed=trial)
     traffic.start()
     try:
