@@ -27,8 +27,10 @@ from deployctl.errors import (
     EXIT_ROLLED_BACK,
     BadInput,
     DeployctlError,
+    RollbackFailed,
 )
-from deployctl.journal import Journal, default_state_dsn
+from deployctl.fleet import routers, versions
+from deployctl.journal import RECONNECT_S, Journal, default_state_dsn
 from deployctl.log import log
 from deployctl.notify import Notifier
 from deployctl.playbook import Playbook, parse
@@ -223,13 +225,36 @@ def release(pb: Playbook) -> Result:
             journal.attach_lock(pb.app, rid)
             log.info("release started", release=rid, app=pb.app, version=pb.version,
                      from_version=live["live_version"] if live else None)
-            with _notifying(pb, rid) as notifier:
+            with _notifying(pb, rid) as notifier, _blue_if_the_journal_is_lost(pb, rid):
                 notifier.send("start", f"release started (from version "
                                        f"{live['live_version'] if live else 'none'})")
                 _forward(Run(pb, journal, rid, notifier))
                 return _ended(journal, rid, notifier)
         finally:
             journal.release_lock(pb.app)
+
+
+@contextmanager
+def _blue_if_the_journal_is_lost(pb: Playbook, release_id: int) -> Iterator[None]:
+    """The state database stayed away longer than the journal waits (steps fail on their own
+    databases inside _forward and _rollback; what reaches here is the journal): nothing can be
+    recorded, so users go to blue and green stops without it, and a human finishes the job."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        done = []
+        try:
+            if pb.router is not None:
+                routers.get(pb.router, pb.app).apply(routers.Split())
+                done.append("every user is on blue")
+            versions.stop(pb, pb.workdir)
+            done.append("green is stopped")
+        except Exception as again:  # noqa: BLE001 - said in the one line below
+            done.append(f"then {again}")
+        raise RollbackFailed(redact(
+            f"the state database stayed away for {RECONNECT_S:g} s ({str(exc).strip().splitlines()[0]}): "
+            f"{'; '.join(done)}; once it answers, `deployctl rollback {release_id}` finishes the "
+            "rollback")) from None
 
 
 @contextmanager
@@ -260,28 +285,29 @@ def _continue(state: str, release_id: int, action: str, database: str | None = N
         journal.acquire(pb.app, pb.version, release_id)
         try:
             notifier = Notifier(pb, release_id)
-            run = Run(pb, journal, release_id, notifier)
-            found = journal.get(release_id)  # it may have moved on while we waited
-            if not found.open:
-                raise BadInput(f"release #{release_id} is already {found.status}")
-            if found.status in ("rolling_back", "rollback_failed"):
-                fixed = restore.finish_interrupted_swap(pb.database.dsn, release_id)
-                if fixed:
-                    log.warning("finished a swap a killed rollback left halfway", found=fixed,
-                                release=release_id)
-            if action == "resume" and found.status == "aborted":
-                raise BadInput(f"release #{release_id} was aborted: finish it with "
-                               f"`deployctl rollback {release_id}`")
-            if action == "resume" and found.status == "running":
-                log.info("resuming release", release=release_id)
-                _forward(run)
-            else:
-                if database is not None:
-                    journal.event(release_id, "rollback.database", "info",
-                                  {"mode": database, "chosen_by": "operator"})
-                _rollback(run, found.reason if found.status != "running" and found.reason
-                          else _process_gone(journal, release_id) + "; rolled back by operator")
-            return _ended(journal, release_id, notifier)
+            with _blue_if_the_journal_is_lost(pb, release_id):
+                run = Run(pb, journal, release_id, notifier)
+                found = journal.get(release_id)  # it may have moved on while we waited
+                if not found.open:
+                    raise BadInput(f"release #{release_id} is already {found.status}")
+                if found.status in ("rolling_back", "rollback_failed"):
+                    fixed = restore.finish_interrupted_swap(pb.database.dsn, release_id)
+                    if fixed:
+                        log.warning("finished a swap a killed rollback left halfway", found=fixed,
+                                    release=release_id)
+                if action == "resume" and found.status == "aborted":
+                    raise BadInput(f"release #{release_id} was aborted: finish it with "
+                                   f"`deployctl rollback {release_id}`")
+                if action == "resume" and found.status == "running":
+                    log.info("resuming release", release=release_id)
+                    _forward(run)
+                else:
+                    if database is not None:
+                        journal.event(release_id, "rollback.database", "info",
+                                      {"mode": database, "chosen_by": "operator"})
+                    _rollback(run, found.reason if found.status != "running" and found.reason
+                              else _process_gone(journal, release_id) + "; rolled back by operator")
+                return _ended(journal, release_id, notifier)
         finally:
             notifier.close()
             journal.release_lock(pb.app)

@@ -29,7 +29,8 @@ from deployctl.redact import safe_dsn
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent / "sql" / "state.sql"
 OPEN_STATUSES = ("running", "rolling_back", "rollback_failed", "aborted")
-RECONNECT_S = 120.0  # how long the journal waits for its database to come back
+# How long the journal waits for its database to come back (a restart, a failover).
+RECONNECT_S = float(os.environ.get("DEPLOYCTL_RECONNECT_S", "120"))
 # Namespace of deployctl's advisory locks (the second key is the application's name).
 _LOCK_NAMESPACE = "deployctl.release"
 
@@ -207,6 +208,9 @@ class Journal:
         )
 
     def release_lock(self, app: str) -> None:
+        if self.conn.broken or self.conn.closed:
+            self._locked.discard(app)  # the session that held it is gone, and the lock with it
+            return
         self.execute("DELETE FROM deployctl.locks WHERE app = %s", (app,))
         self.execute(
             "SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (_LOCK_NAMESPACE, app)

@@ -58,9 +58,14 @@ def _as_server_user(argv: list[str]) -> list[str]:
     return argv
 
 
-def _free_port() -> int:
+def _free_port(wanted: int = 0) -> int:
+    """`wanted` if nothing listens on it, else any free port."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            s.bind(("127.0.0.1", wanted))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
@@ -129,8 +134,10 @@ class LocalCluster:
                 raise LocalPgError(f"initdb failed: {init.stderr.strip()}")
         if self.running():
             return self.dsn()
-        port = _free_port()
-        (self.root / "port").write_text(str(port))
+        # Started again, the cluster keeps its port when it can: its clients' DSNs stay right.
+        known = self.root / "port"
+        port = _free_port(int(known.read_text()) if known.exists() else 0)
+        known.write_text(str(port))
         options = " ".join(f"-c {k}={v!r}" if v == "" else f"-c {k}={v}"
                            for k, v in SERVER_SETTINGS.items())
         started = self._run(

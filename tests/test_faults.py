@@ -114,6 +114,35 @@ def test_a_database_restart_inside_the_rollback_is_survived_and_loses_nothing(
     assert env.leftovers() == []
 
 
+def test_a_state_database_that_stays_away_moves_users_to_blue_and_says_how_to_finish(
+        env: Env, cluster: LocalCluster) -> None:
+    released_v1(env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployctl", "release", str(env.playbook("2"))], text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=env.dir,
+        env={**os.environ, "DEPLOYCTL_FAILPOINT": "smoke:started:stop", "DEPLOYCTL_RECONNECT_S": "3"})
+    wait_for("deployctl to stop before its smoke check", lambda: stopped(proc.pid), timeout=300)
+    cluster.stop()
+    try:
+        code, out, err = go_on(proc)
+    finally:
+        cluster.start()
+
+    assert code == 3, out + err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: the state database stayed away for 3 s ("), last
+    assert last.endswith("green is stopped; once it answers, `deployctl rollback 2` finishes the rollback")
+    assert env.release_row(2)["status"] == "running", "nothing could be recorded"
+    status = env.cli("status", "--state-dsn", env.state_dsn)
+    assert "no deployctl process is working on it" in status.stdout, status.stdout
+
+    finished = env.cli("rollback", "--json", "--state-dsn", env.state_dsn)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert json.loads(finished.stdout)["status"] == "rolled_back"
+    assert env.revision() == "0001"
+    assert env.leftovers() == []
+
+
 @pytest.fixture
 def small_slot_limit(cluster: LocalCluster) -> Iterator[None]:
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
