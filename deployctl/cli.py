@@ -26,7 +26,7 @@ from deployctl import report as reports
 from deployctl.db import capture, restore
 from deployctl.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROLLBACK_FAILED, BadInput, DeployctlError
 from deployctl.journal import OPEN_STATUSES, Journal
-from deployctl.log import configure
+from deployctl.log import configure, log
 from deployctl.redact import redact
 
 
@@ -328,7 +328,7 @@ def _release_playbook(journal: Journal, release_id: int, pb_path: str | None) ->
     if pb_path:
         return playbook.load(pb_path)
     found = journal.get(release_id)
-    return playbook.parse(found.playbook_text, Path(found.playbook_path))
+    return playbook.parse(found.playbook_text, Path(found.playbook_path), stored=True)
 
 
 @delta.command("show")
@@ -432,7 +432,7 @@ def cleanup(pb_path: str, failed_databases: bool, older_than: str, as_json: bool
     """Drop replication slots, publications and capture triggers left by finished releases."""
     try:
         age = timedelta(seconds=playbook.parse_duration(older_than, limit=None))
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise BadInput(f"--older-than: {exc}") from None
     pb = playbook.load(pb_path)
     with Journal(engine.state_dsn(pb)) as journal:
@@ -455,7 +455,12 @@ def _drop_old_copies(journal: Journal, pb: playbook.Playbook, before: datetime) 
         if found is None or found.app != pb.app or found.open or (
                 found.finished_at is None or found.finished_at > before):
             continue
-        restore.drop_copy(pb.database.dsn, name)
+        try:
+            restore.drop_copy(pb.database.dsn, name)
+        except psycopg.Error as exc:  # someone is looking at it: keep it, say so, go on
+            log.warning("kept a database rollback left: it is in use", database=name,
+                        problem=str(exc).strip().splitlines()[0])
+            continue
         dropped.append(f"database {name} (release #{release_id}, ended "
                        f"{found.finished_at:%Y-%m-%d %H:%M})")
     return dropped

@@ -27,6 +27,7 @@ from deployctl.errors import (
     EXIT_ROLLED_BACK,
     BadInput,
     DeployctlError,
+    LockLost,
     RollbackFailed,
 )
 from deployctl.fleet import routers, versions
@@ -142,6 +143,8 @@ def _forward(run: Run) -> str:
             except Refused as exc:
                 run.journal.set_status(run.release_id, "refused", f"preflight: {exc}")
                 return "refused"
+            except LockLost:
+                raise
             except Aborted as exc:
                 worker.stop()
                 return _abort(run, redact(str(exc)))
@@ -165,6 +168,8 @@ def _abort(run: Run, reason: str) -> str:
     run.journal.set_status(run.release_id, "aborted", reason)
     try:
         _step(run, "rollback.traffic", traffic_to_blue)
+    except LockLost:
+        raise
     except Exception as exc:
         return _rollback(run, f"{reason}; then moving traffic to blue failed: {exc}")
     run.tell("rollback", f"aborted, every user back on blue: {reason}")
@@ -180,6 +185,8 @@ def _rollback(run: Run, reason: str) -> str:
     for name, action in rollback_steps(run.pb):
         try:
             _step(run, name, action)
+        except LockLost:
+            raise
         except Exception as exc:
             run.journal.set_status(run.release_id, "rollback_failed",
                                    redact(f"{reason}; then {name} failed: {exc}"))
@@ -278,7 +285,7 @@ def _continue(state: str, release_id: int, action: str, database: str | None = N
         found = journal.get(release_id)
         if not found.open:
             raise BadInput(f"release #{release_id} is already {found.status}: nothing to {action}")
-        pb = parse(found.playbook_text, Path(found.playbook_path))
+        pb = parse(found.playbook_text, Path(found.playbook_path), stored=True)
         if database is not None:
             # The operator's choice for this rollback, instead of the playbook's database.rollback.
             pb = pb.model_copy(update={"database": pb.database.model_copy(update={"rollback": database})})
@@ -295,6 +302,8 @@ def _continue(state: str, release_id: int, action: str, database: str | None = N
                     if fixed:
                         log.warning("finished a swap a killed rollback left halfway", found=fixed,
                                     release=release_id)
+                        if pb.router is not None:  # the swap ran in maintenance mode: end it
+                            routers.get(pb.router, pb.app).apply(routers.Split())
                 if action == "resume" and found.status == "aborted":
                     raise BadInput(f"release #{release_id} was aborted: finish it with "
                                    f"`deployctl rollback {release_id}`")
@@ -320,7 +329,7 @@ def interrupted_swap(journal: Journal, release_id: int) -> str | None:
     if found.status not in ("rolling_back", "rollback_failed"):
         return None
     try:
-        pb = parse(found.playbook_text, Path(found.playbook_path))
+        pb = parse(found.playbook_text, Path(found.playbook_path), stored=True)
         return restore.interrupted_swap(pb.database.dsn, release_id)
     except (DeployctlError, psycopg.Error):
         return None

@@ -45,6 +45,13 @@ class StepFailed(DeployctlError):
     exit_code = EXIT_ROLLED_BACK
 
 
+class LockLost(DeployctlError):
+    """Another process took the application's lock while this one could not reach the journal:
+    this one stops at once, touching nothing more (the other works on the release)."""
+
+    exit_code = EXIT_LOCKED
+
+
 class RollbackFailed(DeployctlError):
     """A rollback step failed: a human is needed."""
 

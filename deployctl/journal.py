@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from deployctl.errors import BadInput, LockHeld
+from deployctl.errors import BadInput, LockHeld, LockLost
 from deployctl.log import log
 from deployctl.redact import safe_dsn
 
@@ -154,8 +154,8 @@ class Journal:
                                     (_LOCK_NAMESPACE, app)).fetchone()
             if not got or not got["got"]:
                 self._locked.discard(app)
-                raise LockHeld(f"{app}: another process took the lock while the state database was "
-                               "away; see `deployctl status`")
+                raise LockLost(f"{app}: another process took the lock while the state database was "
+                               "away, and works on the release now; see `deployctl status`")
         log.info("reconnected to the state database", database=safe_dsn(self.dsn))
 
     def __enter__(self) -> Journal:
@@ -208,6 +208,8 @@ class Journal:
         )
 
     def release_lock(self, app: str) -> None:
+        if app not in self._locked:
+            return  # lost while the database was away: the row is another process's now
         if self.conn.broken or self.conn.closed:
             self._locked.discard(app)  # the session that held it is gone, and the lock with it
             return

@@ -53,7 +53,10 @@ def parse_duration(value: Any, limit: float | None = MAX_DURATION_S) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 500ms, 5s or 2m")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer too large for a float
+            seconds = math.inf
     else:
         match = _DURATION.match(str(value))
         if not match:
@@ -84,8 +87,18 @@ HttpsUrl = Annotated[str, AfterValidator(_https_url)]
 
 
 class Model(BaseModel):
-    # Strict: `true` is not the number 1 and "5" is not 5; no NaN or infinity in any number.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    # No NaN or infinity in any number. Numbers may be written in quotes (a `${PORT}` is text).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # Pydantic takes `true` as 1 and `false` as 0: in a playbook that is always a mistake.
+        if isinstance(value, bool) and info.field_name is not None:
+            wanted = cls.model_fields[info.field_name].annotation
+            if wanted in (int, float) or wanted in (int | None, float | None):
+                raise ValueError(f"expected a number, got {value!r}")
+        return value
 
 
 def _path_text(value: Any) -> str:
@@ -473,7 +486,7 @@ class Playbook(Model):
 
     @field_validator("version", mode="before")
     @classmethod
-    def _version_text(cls, value: Any) -> Any:
+    def _version_text(cls, value: Any, info: ValidationInfo) -> Any:
         # `version: 2` in YAML is an int; a version is a label. `version: 1.10` would silently
         # become 1.1: refuse it.
         if isinstance(value, float):
@@ -481,7 +494,8 @@ class Playbook(Model):
         value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
         # A version becomes a folder, a file name and a word in one-line output: no `/`, no
         # `..`, no whitespace. Git hashes, tags, PEP 440 and SemVer versions all fit.
-        if isinstance(value, str) and value and not _VERSION.fullmatch(value):
+        stored = (info.context or {}).get("stored", False)  # released before this rule existed
+        if isinstance(value, str) and value and not stored and not _VERSION.fullmatch(value):
             raise ValueError(f"use letters, digits and . _ + - only, starting with a letter or a "
                              f"digit, got {value!r}")
         return value
@@ -607,6 +621,8 @@ def _read_yaml(text: str, file: str) -> Any:
         line = text[: exc.position].count("\n") + 1
         raise PlaybookError(file, f"line {line}", f"not valid YAML: control character "
                                                   f"U+{exc.character:04X} is not allowed") from None
+    except ValueError as exc:  # PyYAML building a value Python refuses (an integer of 5000 digits)
+        raise PlaybookError(file, "", f"not valid YAML: {str(exc).splitlines()[0]}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -616,8 +632,10 @@ def _read_yaml(text: str, file: str) -> Any:
             loader.dispose()
 
 
-def parse(text: str, path: Path) -> Playbook:
-    """Validate playbook text; `path` names it in errors and anchors relative paths."""
+def parse(text: str, path: Path, *, stored: bool = False) -> Playbook:
+    """Validate playbook text; `path` names it in errors and anchors relative paths. `stored`:
+    the text of a release in the journal, validated when it was released (by a deployctl that
+    may have allowed versions this one refuses as new input)."""
     file = str(path)
     raw = _read_yaml(text, file)
     if not isinstance(raw, dict):
@@ -626,7 +644,7 @@ def parse(text: str, path: Path) -> Playbook:
     try:
         return Playbook.model_validate(
             {**raw, "source_path": path, "source_text": text},
-            context={"base": str(path.resolve().parent)},
+            context={"base": str(path.resolve().parent), "stored": stored},
         )
     except ValidationError as exc:
         first = exc.errors()[0]

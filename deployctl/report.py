@@ -85,7 +85,7 @@ def _playbook(release: Release) -> tuple[Playbook | None, list[str]]:
     text = _UNSET_REF.sub(lambda m: m.group(0) if m.group(1) in os.environ else f"${{{m.group(1)}:-(unset)}}",
                           release.playbook_text)
     try:
-        pb = parse(text, Path(release.playbook_path))
+        pb = parse(text, Path(release.playbook_path), stored=True)
         return pb, list(pb.personal)
     except DeployctlError:  # written for another version of deployctl: keep what it marked personal
         raw = yaml.safe_load(release.playbook_text) or {}

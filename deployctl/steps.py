@@ -71,7 +71,7 @@ class Run:
         if live is None or live["release_id"] is None:
             return None
         release = self.journal.get(live["release_id"])
-        return parse(release.playbook_text, Path(release.playbook_path))
+        return parse(release.playbook_text, Path(release.playbook_path), stored=True)
 
 
 @dataclass

@@ -40,6 +40,7 @@ VALID: dict[str, Any] = {
 
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
+    st.just(10**400), st.just(-(10**400)),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
     st.sampled_from(["../../etc/passwd", "1e400", ".nan", "-5s", "99999h", "${NOPE}",
                      "postgresql://", "a\nb", "\x00", "é" * 40]))

@@ -592,6 +592,7 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]], append: bool = False
     """Compressed JSON lines, created 0600 in a 0700 folder: they hold user data."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o600)
+    os.fchmod(fd, 0o600)  # a file that was there before keeps its mode otherwise
     with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as out:
         for row in rows:
             out.write(json.dumps(row, default=str).encode() + b"\n")

@@ -95,7 +95,7 @@ def interrupted_swap(dsn: str, release_id: int) -> str | None:
     """What a swap killed halfway left: the live database refusing connections, or gone (renamed
     to `failed`, the restored one not yet in its place). None when neither."""
     names = names_for(dsn, release_id)
-    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True, connect_timeout=10) as admin:
         if _exists(admin, names.failed) and not _exists(admin, names.live):
             return (f"database {names.live} is missing: a swap was killed after renaming it to "
                     f"{names.failed}")

@@ -47,6 +47,7 @@ class LocalTransport:
         files.private_dir(pidfile.parent, top=self.rundir.parent)
         logfile = pidfile.with_suffix(".log")
         fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "ab") as out:
             proc = subprocess.Popen(
                 spec.argv, cwd=spec.cwd, env={**os.environ, **spec.env},
