@@ -122,6 +122,11 @@ class _CaptureWorker:
                 self.run.journal.set_capture(self.run.release_id, "incomplete", self.worker.lost)
             self.worker = None
 
+    def ask_to_stop(self) -> None:
+        """No new drain; the one in progress may take its time: users do not wait for it."""
+        if self.worker is not None:
+            self.worker.ask_to_stop()
+
 
 def _forward(run: Run) -> str:
     worker = _CaptureWorker(run)
@@ -133,9 +138,10 @@ def _forward(run: Run) -> str:
             if command == "pause":
                 command = operator.hold(f"paused by an operator before {name}", run.pb.gates.max_pause)
             if command in ("abort", "rollback"):
-                worker.stop()
+                worker.ask_to_stop()
                 reason = f"{command} requested by an operator before {name}"
-                return _abort(run, reason) if command == "abort" and run.pb.router else _rollback(run, reason)
+                return _abort(run, reason, worker.stop) if command == "abort" and run.pb.router else (
+                    _rollback(run, reason, worker.stop))
             if name == "finalize":
                 worker.stop()  # finalize drains the rest itself
             try:
@@ -146,14 +152,15 @@ def _forward(run: Run) -> str:
             except LockLost:
                 raise
             except Aborted as exc:
-                worker.stop()
-                return _abort(run, redact(str(exc)))
+                worker.ask_to_stop()
+                return _abort(run, redact(str(exc)), worker.stop)
             except (Exception, KeyboardInterrupt) as exc:
-                worker.stop()
+                # Traffic first: blue and the router do not wait for a drain in progress.
+                worker.ask_to_stop()
                 reason = f"{name} failed: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}"
                 if isinstance(exc, GateBreach):
                     run.tell("breach", redact(reason), step=name)
-                return _rollback(run, redact(reason))
+                return _rollback(run, redact(reason), worker.stop)
             if name != "finalize":
                 worker.ensure()
     finally:
@@ -161,7 +168,7 @@ def _forward(run: Run) -> str:
     return "released"
 
 
-def _abort(run: Run, reason: str) -> str:
+def _abort(run: Run, reason: str, capture_stopped: Callable[[], None] | None = None) -> str:
     """Users back on blue now; green, the migrated database and the capture stay for a look,
     until `deployctl rollback` finishes the job."""
     # The status first: killed before users are back on blue, `resume` must not go forward.
@@ -171,18 +178,22 @@ def _abort(run: Run, reason: str) -> str:
     except LockLost:
         raise
     except Exception as exc:
-        return _rollback(run, f"{reason}; then moving traffic to blue failed: {exc}")
+        return _rollback(run, f"{reason}; then moving traffic to blue failed: {exc}", capture_stopped)
     run.tell("rollback", f"aborted, every user back on blue: {reason}")
     log.warning("release aborted: users are on blue; green and the capture are kept",
                 release=run.release_id, next=f"deployctl rollback {run.release_id}")
     return "aborted"
 
 
-def _rollback(run: Run, reason: str) -> str:
+def _rollback(run: Run, reason: str, capture_stopped: Callable[[], None] | None = None) -> str:
+    """The rollback steps; `capture_stopped` waits for the capture worker, before the database
+    step (the restore drains the capture itself), not before users are back on blue."""
     run.journal.set_status(run.release_id, "rolling_back", reason)
     log.warning("rolling back", release=run.release_id, reason=reason)
     run.tell("rollback", f"rolling back: {reason}")
     for name, action in rollback_steps(run.pb):
+        if name == "rollback.database" and capture_stopped is not None:
+            capture_stopped()
         try:
             _step(run, name, action)
         except LockLost:

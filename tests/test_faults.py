@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,14 @@ def go_on(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     os.kill(proc.pid, signal.SIGCONT)
     out, err = proc.communicate(timeout=600)
     return proc.returncode, out, err
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def released_v1(env: Env) -> None:
@@ -290,3 +299,28 @@ def test_a_kill_at_a_random_moment_then_rollback_or_resume_loses_no_acknowledged
     print("\n".join(found.lines()))
     assert found.ok, "\n".join(found.problems[:20])
     assert len(acks) > 0
+
+
+def test_green_stops_while_a_drain_in_progress_is_held_up_traffic_never_waits_for_capture(
+        env: Env) -> None:
+    released_v1(env)
+    release = subprocess.Popen(
+        [sys.executable, "-m", "deployctl", "release", "--json", str(failing_v2_playbook(env))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env.dir)
+    green = f"http://127.0.0.1:{env.green_port}/health"
+    wait_for("the smoke check to start", lambda: started(env, "smoke"), timeout=300)
+    holder = psycopg.connect(env.state_dsn)
+    try:
+        # The capture worker's next drain waits behind this lock, as behind a slow journal.
+        holder.execute("LOCK TABLE deployctl.captures, deployctl.changes IN ACCESS EXCLUSIVE MODE")
+        add_user(env, "while_the_drain_waits")
+        wait_for("green to be stopped while the drain still waits", lambda: not answers(green),
+                 timeout=30)
+        assert release.poll() is None, "the rollback waits for the capture only before its database step"
+    finally:
+        holder.close()
+    out, err = release.communicate(timeout=300)
+    assert release.returncode == 1, out + err
+    assert json.loads(out)["status"] == "rolled_back"
+    assert "while_the_drain_waits" in user_names(env)
+    assert env.leftovers() == []

@@ -459,3 +459,7 @@ class Worker(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join(timeout=60)
+
+    def ask_to_stop(self) -> None:
+        """Stop after the drain in progress, without waiting for it."""
+        self.stopping.set()
