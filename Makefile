@@ -28,10 +28,12 @@ demo: setup
 test: setup fleet-tools
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
-# The fault suites at length: kill -9 inside every step of a failing release, several times
-# each, under simulated users (make test runs three such trials).
+# The fault suites at length: kill -9 right after every step starts as well as after it acts
+# (make test: after it acts), and inside every step of a failing release under simulated users,
+# three times each (make test runs three such trials).
 soak: setup fleet-tools
-	DEPLOYCTL_KILLS=27 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests/test_faults.py tests/test_crash.py
+	DEPLOYCTL_SOAK=1 DEPLOYCTL_KILLS=27 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q \
+		tests/test_faults.py tests/test_crash.py
 
 # Results as `name value` lines on stdout (progress on stderr); a few minutes, own throwaway cluster.
 bench: setup
