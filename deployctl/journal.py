@@ -7,6 +7,7 @@ application's server), which is created on first use from sql/state.sql.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 import socket
 from collections.abc import Iterator
@@ -110,10 +111,28 @@ class Journal:
         self._locked: set[str] = set()   # apps whose lock this process holds
         self._depth = 0                  # open transaction() blocks
         self.conn = self._connect()
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        """sql/state.sql, once per version of it. Its ALTER TABLEs take ACCESS EXCLUSIVE locks even
+        when they change nothing: run on every `status` or `promote`, they would block a running
+        release, or deadlock with it. The schema's comment names the version in place."""
+        text = SCHEMA_SQL.read_text()
+        version = f"deployctl state schema {hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+        def current() -> bool:
+            row = self.execute("SELECT obj_description(to_regnamespace('deployctl'), 'pg_namespace') "
+                               "AS version").fetchone()
+            return bool(row and row["version"] == version)
+
+        if current():
+            return
         with self.transaction():
             # Two first runs at once must not race on CREATE TABLE IF NOT EXISTS.
             self.execute("SELECT pg_advisory_xact_lock(hashtext('deployctl.schema'))")
-            self.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type]
+            if not current():
+                self.execute(text)
+                self.execute(sql.SQL("COMMENT ON SCHEMA deployctl IS {}").format(sql.Literal(version)))
 
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         return psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row, connect_timeout=10)

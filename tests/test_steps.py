@@ -823,3 +823,17 @@ def test_finalize_twice_changes_nothing_and_leaves_green_serving(env: Env, journ
     assert LocalTransport(blue.pb.workdir).pid(process.for_playbook(blue.pb)) is None
     assert not answers(f"http://127.0.0.1:{env.blue_port}/health")
     LocalTransport(green.pb.workdir).stop(process.for_playbook(green.pb), 5)
+
+
+def test_opening_the_journal_takes_no_lock_a_running_release_holds(env: Env, journal: Journal) -> None:
+    # `deployctl status` or `promote` while the release writes its journal: once the schema is
+    # in place, opening the journal runs no DDL (its ALTER TABLEs would wait for, or deadlock
+    # with, the release's transaction).
+    with psycopg.connect(env.state_dsn) as release:
+        release.execute("LOCK TABLE deployctl.captures, deployctl.changes, deployctl.events "
+                        "IN ROW EXCLUSIVE MODE")
+        opened, outcome = in_thread(lambda: Journal(env.state_dsn).close())
+        opened.join(10)
+        assert not opened.is_alive(), "opening the journal waited for the release's locks"
+        release.rollback()
+    assert "error" not in outcome, outcome
