@@ -21,7 +21,7 @@ import click
 import psycopg
 
 from deployctl import delta as deltas
-from deployctl import engine, playbook, preflight
+from deployctl import engine, playbook, preflight, progress
 from deployctl import report as reports
 from deployctl.db import capture, restore
 from deployctl.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROLLBACK_FAILED, BadInput, DeployctlError
@@ -269,11 +269,14 @@ def _status_once(release_id: int | None, app: str | None, pb_path: str | None, s
         live = journal.live(found.app)
         lock = journal.lock_holder(found.app)
         swap = None if lock["alive"] else engine.interrupted_swap(journal, found.id)
+        captured = _capture_of(journal, found.id, pb_path)
     data = {**result.__dict__, "live_version": live["live_version"] if live else None,
-            "lock": lock, "interrupted_swap": swap}
+            "lock": lock, "interrupted_swap": swap, "capture": captured}
 
     def text() -> str:
         out = _result_text(result) + f"\nlive version: {data['live_version'] or 'none'}"
+        if captured is not None:
+            out += "\n" + _capture_text(captured)
         if lock["alive"] and "holder" in lock:
             out += f"\nlock: held by {lock['holder']} since {lock['since']:%Y-%m-%d %H:%M:%S}"
         elif result.status in OPEN_STATUSES and not lock["alive"]:
@@ -287,6 +290,27 @@ def _status_once(release_id: int | None, app: str | None, pb_path: str | None, s
         click.echo("\033[H\033[J", nl=False)  # redraw in place
     _emit(data, as_json, text)
     return not (lock["alive"] and result.status in OPEN_STATUSES)
+
+
+def _capture_of(journal: Journal, release_id: int, pb_path: str | None) -> dict[str, Any] | None:
+    try:
+        pb = _release_playbook(journal, release_id, pb_path)
+    except DeployctlError:  # a playbook that no longer reads: the rest of the status still shows
+        return None
+    return deltas.capture_status(journal, pb, release_id)
+
+
+def _capture_text(c: dict[str, Any]) -> str:
+    out = f"capture: {c['mode']}, {c['status']}, drain {c['drain']}; {c['changes']:,} changes decoded"
+    if c["undecoded_batches"]:
+        out += f", {c['undecoded_batches']} batches of WAL stored undecoded"
+    if c["wal_held_bytes"] is not None:
+        out += (f"; the slot holds {progress.amount(c['wal_held_bytes'])} of WAL, "
+                f"{progress.amount(c['wal_pending_bytes'])} not yet stored "
+                f"(budget {progress.amount(c['wal_budget_bytes'])})")
+    elif c.get("problem"):
+        out += f"; the slot could not be read: {c['problem']}"
+    return out
 
 
 @main.command()
@@ -339,7 +363,7 @@ def _release_playbook(journal: Journal, release_id: int, pb_path: str | None) ->
 def delta_show(release_id: int, pb_path: str | None, state_dsn: str | None, as_json: bool) -> int:
     """Counts of the delta of RELEASE_ID per table and operation, and whether it is complete."""
     with Journal(_state_dsn(pb_path, state_dsn)) as journal:
-        shown = deltas.show(journal, release_id)
+        shown = deltas.show(journal, release_id, _release_playbook(journal, release_id, pb_path))
 
     def text() -> str:
         lines = [f"delta of release #{release_id}: {shown['changes']} changes in "
@@ -370,7 +394,7 @@ def delta_export(release_id: int, output: str | None, pb_path: str | None, state
     with Journal(_state_dsn(pb_path, state_dsn)) as journal:
         pb = _release_playbook(journal, release_id, pb_path)
         path = Path(output) if output else pb.workdir / "deltas" / f"{pb.app}-{release_id}.jsonl.gz"
-        manifest = deltas.export(journal, release_id, path, frozenset(pb.personal))
+        manifest = deltas.export(journal, pb, release_id, path)
     _emit(manifest, as_json, lambda: f"wrote {manifest['changes']} changes to {manifest['path']} "
           f"(sha256 {manifest['sha256']}), manifest {manifest['manifest']}")
     return EXIT_OK

@@ -59,6 +59,9 @@ def require_complete(journal: Journal, release_id: int, way_out: str = "") -> No
     row = journal.capture(release_id)
     if row is None:
         raise BadInput(f"release #{release_id} captured no delta")
+    if row["status"] == "discarded":
+        raise BadInput(f"the delta of release #{release_id} was discarded when the release "
+                       "succeeded (capture.drain: lazy); set capture.drain: continuous to keep it")
     if row["status"] == "incomplete":
         raise StepFailed(
             f"the delta of release #{release_id} is incomplete ({row['problem']}): changes are "
@@ -68,11 +71,16 @@ def require_complete(journal: Journal, release_id: int, way_out: str = "") -> No
 
 def drain(journal: Journal, pb: Playbook, release_id: int, conn: psycopg.Connection[Any] | None = None,
           upto_lsn: str | None = None) -> capture_store.Drained | None:
-    """Drain what the capture holds into the journal; a lost slot marks the delta incomplete."""
+    """Drain what the capture holds into the journal; a lost slot marks the delta incomplete.
+    A capture no longer active may still hold collected batches to decode (a crash between)."""
     row = journal.capture(release_id)
-    if row is None or row["status"] != "active":
+    if row is None or row["status"] == "discarded":
         return None
     found = CaptureInfo.from_row(row)
+    if row["status"] != "active":
+        with psycopg.connect(journal.dsn, autocommit=True) as state:
+            capture.decode(state, release_id, found.snapshot)
+        return None
     try:
         if conn is not None:
             return capture.drain_with(conn, journal.dsn, found, upto_lsn)
@@ -83,8 +91,10 @@ def drain(journal: Journal, pb: Playbook, release_id: int, conn: psycopg.Connect
         return None
 
 
-def finish(journal: Journal, pb: Playbook, release_id: int) -> dict[str, Any]:
-    """Last drain, then drop the slot, publication or triggers (wherever the database went)."""
+def finish(journal: Journal, pb: Playbook, release_id: int, keep: bool = True) -> dict[str, Any]:
+    """Last drain, then drop the slot, publication or triggers (wherever the database went).
+    Without `keep` (a release that succeeded under lazy capture) nothing more is decoded: what
+    the capture holds is discarded with it."""
     row = journal.capture(release_id)
     if row is None:
         started = journal.capture_objects(release_id)
@@ -99,6 +109,13 @@ def finish(journal: Journal, pb: Playbook, release_id: int) -> dict[str, Any]:
     swapped = restore.swap_started(pb.database.dsn, release_id)
     failed = restore.names_for(pb.database.dsn, release_id).failed
     where = with_dbname(pb.database.dsn, failed) if swapped else pb.database.dsn
+    if not keep and row["status"] == "active":
+        capture.stop(where, row["slot"])
+        with journal.transaction():
+            journal.execute("DELETE FROM deployctl.wal_batches WHERE release_id = %s", (release_id,))
+            journal.set_capture(release_id, "discarded", "the release succeeded: with capture.drain "
+                                "lazy its delta is never decoded")
+        return {"capture": "discarded", "changes_captured": 0}
     if row["status"] == "active" and not swapped:
         drain(journal, pb, release_id)
     capture.stop(where, row["slot"])
@@ -115,7 +132,20 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     """Rollback mode `restore`: restore beside the live database, replay, pause (inside
     `pausing`), tail, swap."""
     dsn = pb.database.dsn
-    names = restore.load(dsn, snapshot_path, release_id, jobs=pb.snapshot.jobs)
+    # The delta is decoded while the snapshot loads, and the slot does not hold the WAL the
+    # load writes (a database's worth): the pause has only the tail left.
+    found = journal.capture(release_id)
+    decoding = (capture.Worker(dsn, journal.dsn, CaptureInfo.from_row(found), pb.capture.interval)
+                if found and found["status"] == "active" else None)
+    if decoding is not None:
+        decoding.start()
+    try:
+        names = restore.load(dsn, snapshot_path, release_id, jobs=pb.snapshot.jobs)
+    finally:
+        if decoding is not None:
+            decoding.stop()
+            if decoding.lost:
+                journal.set_capture(release_id, "incomplete", decoding.lost)
     failpoints.hit("rollback.database", "loaded")
     restored_dsn = with_dbname(dsn, names.restored)
 
@@ -177,8 +207,46 @@ def last_stored(journal: Journal, release_id: int) -> int:
 
 # -- after an incident: deployctl delta show | export | replay -----------------------------------
 
-def show(journal: Journal, release_id: int) -> dict[str, Any]:
+def up_to_date(journal: Journal, pb: Playbook, release_id: int) -> None:
+    """Before the delta is read: what the capture still holds, decoded into the journal. An
+    unreachable database leaves the journal's part, with a warning."""
+    try:
+        drain(journal, pb, release_id)
+    except psycopg.OperationalError as exc:
+        log.warning("could not reach the database to bring the delta up to date: only what the "
+                    "journal holds", release=release_id, error=redact(str(exc).strip()))
+
+
+def capture_status(journal: Journal, pb: Playbook, release_id: int) -> dict[str, Any] | None:
+    """The capture of a release as `deployctl status` shows it: its mode, how it drains, what
+    the journal holds, and the WAL its slot holds on the server (None where unreadable)."""
+    row = journal.capture(release_id)
+    if row is None:
+        return None
+    stored = journal.execute(
+        """SELECT (SELECT count(*) FROM deployctl.changes WHERE release_id = %(r)s) AS changes,
+                  (SELECT count(*) FROM deployctl.wal_batches WHERE release_id = %(r)s) AS batches""",
+        {"r": release_id}).fetchone()
+    out: dict[str, Any] = {
+        "mode": row["mode"], "drain": pb.capture.drain, "status": row["status"],
+        "changes": stored["changes"] if stored else 0,
+        "undecoded_batches": stored["batches"] if stored else 0,
+        "wal_held_bytes": None, "wal_pending_bytes": None, "wal_budget_bytes": None}
+    if row["status"] == "active" and row["mode"] == "logical":
+        try:
+            with psycopg.connect(pb.database.dsn, autocommit=True, connect_timeout=5) as app:
+                wal = capture.slot_wal(app, row["slot"])
+                budget = capture.wal_budget(app, pb.capture.max_retained_wal)
+            out.update(wal_held_bytes=wal.held, wal_pending_bytes=wal.pending, wal_budget_bytes=budget)
+        except (psycopg.Error, CaptureLost) as exc:
+            out["problem"] = redact(str(exc).strip())
+    return out
+
+
+def show(journal: Journal, release_id: int, pb: Playbook | None = None) -> dict[str, Any]:
     journal.get(release_id)
+    if pb is not None:
+        up_to_date(journal, pb, release_id)
     row = journal.capture(release_id)
     if row is None:
         raise BadInput(f"release #{release_id} captured no delta (it stopped before its snapshot)")
@@ -206,8 +274,11 @@ def show(journal: Journal, release_id: int) -> dict[str, Any]:
     }
 
 
-def export(journal: Journal, release_id: int, path: Path, personal: frozenset[str]) -> dict[str, Any]:
+def export(journal: Journal, pb: Playbook, release_id: int, path: Path) -> dict[str, Any]:
     """Write the delta as compressed JSON lines plus a manifest (both 0600)."""
+    personal = frozenset(pb.personal)
+    journal.get(release_id)
+    up_to_date(journal, pb, release_id)
     shown = show(journal, release_id)
     rows = replay.changes(journal.conn, release_id)
     masked = [_masked(r, personal) for r in rows]
@@ -217,7 +288,7 @@ def export(journal: Journal, release_id: int, path: Path, personal: frozenset[st
     manifest = {
         "release_id": release_id, "file": path.name, "sha256": digest,
         "changes": len(rows), "tables": shown["tables"], "capture": shown["mode"],
-        "complete": shown["status"] != "incomplete", "snapshot": shown["snapshot"],
+        "complete": shown["status"] in ("active", "stopped"), "snapshot": shown["snapshot"],
         "snapshot_lsn": snapshot["manifest"]["lsn"] if snapshot else None,
         "schema_revision": snapshot["manifest"]["alembic_revision"] if snapshot else None,
         "first_position": rows[0]["pos"] if rows else None,
@@ -243,6 +314,7 @@ def replay_into(journal: Journal, pb: Playbook, release_id: int, target_dsn: str
                 tables: frozenset[str] = frozenset()) -> replay.Report:
     """`deployctl delta replay`: the delta (or the changes of `tables`) into `target_dsn`."""
     journal.get(release_id)
+    up_to_date(journal, pb, release_id)
     if not allow_incomplete:
         require_complete(journal, release_id)
     if tables:

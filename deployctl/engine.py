@@ -111,8 +111,10 @@ class _CaptureWorker:
     def ensure(self) -> None:
         row = self.run.journal.capture(self.run.release_id)
         if self.worker is None and row and row["status"] == "active":
+            cfg = self.run.pb.capture
             self.worker = capture.Worker(self.run.pb.database.dsn, self.run.journal.dsn,
-                                         capture.CaptureInfo.from_row(row), self.run.pb.capture.interval)
+                                         capture.CaptureInfo.from_row(row), cfg.interval,
+                                         cfg.drain, cfg.max_retained_wal)
             self.worker.start()
 
     def stop(self) -> None:
@@ -143,7 +145,7 @@ def _forward(run: Run) -> str:
                 return _abort(run, reason, worker.stop) if command == "abort" and run.pb.router else (
                     _rollback(run, reason, worker.stop))
             if name == "finalize":
-                worker.stop()  # finalize drains the rest itself
+                worker.stop()  # finalize keeps (or discards) the rest itself
             try:
                 _step(run, name, action)
             except Refused as exc:

@@ -65,6 +65,24 @@ def parse_duration(value: Any, limit: float | None = MAX_DURATION_S) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
+# PostgreSQL's size units (`max_slot_wal_keep_size`, `pg_size_bytes`): 1kB is 1024 bytes.
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|MB|GB|TB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def parse_size(value: Any) -> int:
+    """`512MB`, `2GB` or a number of bytes, as bytes."""
+    match = None if isinstance(value, bool) else _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a size such as 512MB or 2GB, got {value!r}")
+    size = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if not 1 << 20 <= size <= 1 << 50:
+        raise ValueError(f"expected a size between 1MB and 1024TB, got {value!r}")
+    return int(size)
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
 
 def _https_url(value: str) -> str:
     parts = urlsplit(value)
@@ -150,6 +168,10 @@ class CaptureConfig(Model):
     mode: Literal["auto", "logical", "trigger"] = "auto"
     schemas: list[str] = Field(default_factory=lambda: ["public"], min_length=1)
     interval: Duration = 1.0
+    # lazy: the slot only holds WAL until the delta is needed (a rollback, `deployctl delta`)
+    # or holds more than max_retained_wal; continuous: decoded into the journal as it happens.
+    drain: Literal["lazy", "continuous"] = "lazy"
+    max_retained_wal: Size = 1 << 30
 
 
 class ColumnMap(Model):

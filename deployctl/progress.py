@@ -20,7 +20,7 @@ TERMINAL_EVERY_S = 0.5
 LOG_EVERY_S = 5.0
 
 
-def _size(n: float, unit: str) -> str:
+def amount(n: float, unit: str = "bytes") -> str:
     if unit != "bytes":
         return f"{n:,.0f} {unit}"
     for suffix in ("B", "KiB", "MiB", "GiB"):
@@ -33,10 +33,10 @@ def _size(n: float, unit: str) -> str:
 def line(what: str, done: float, total: float | None, seconds: float, unit: str) -> str:
     """`snapshot: 120.0 MiB of 400.0 MiB (30%), 40.0 MiB/s, about 7 s left`."""
     rate = done / seconds if seconds > 0 else 0.0
-    text = f"{what}: {_size(done, unit)}"
+    text = f"{what}: {amount(done, unit)}"
     if total:
-        text += f" of {_size(total, unit)} ({min(done / total, 1):.0%})"
-    text += f", {_size(rate, unit)}/s"
+        text += f" of {amount(total, unit)} ({min(done / total, 1):.0%})"
+    text += f", {amount(rate, unit)}/s"
     if total and rate > 0 and done < total:
         text += f", about {(total - done) / rate:.0f} s left"
     return text

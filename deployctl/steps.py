@@ -198,7 +198,8 @@ def finalize(run: Run) -> Outcome:
         if versions.stop(blue, run.pb.workdir):
             stopped = blue.version
 
-    captured = delta.finish(run.journal, run.pb, run.release_id)
+    captured = delta.finish(run.journal, run.pb, run.release_id,
+                            keep=run.pb.capture.drain == "continuous")
 
     def record(journal: Journal) -> None:
         journal.set_live(run.pb.app, run.pb.version, run.release_id)

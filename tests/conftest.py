@@ -280,14 +280,14 @@ def social_users() -> ModuleType:
     return module
 
 
-def failing_v2_playbook(env: Env, capture: str = "auto") -> Path:
+def failing_v2_playbook(env: Env, capture: str = "auto", drain: str = "lazy") -> Path:
     """Version 2 with its feed bug; the feed check retries ~4 s, so green serves meanwhile."""
     deploy = yaml.safe_load(env.playbook("2").read_text())["deploy"]
     deploy["env"]["SOCIAL_FAIL"] = "1"
     feed = f"http://127.0.0.1:{env.green_port}/feed"
     return env.playbook("2", deploy=deploy, smoke=[{
         "name": "feed answers", "http": {"url": feed, "status": 200, "body_contains": "messages"},
-        "retries": 8, "interval": "0.5s"}], capture={"mode": capture})
+        "retries": 8, "interval": "0.5s"}], capture={"mode": capture, "drain": drain})
 
 
 def migrate_to(world: Env, revision: str) -> None:

@@ -30,7 +30,7 @@ import pytest
 from psycopg import sql
 
 from deployctl import delta
-from deployctl.db import capture, capture_store, pgoutput, replay, restore
+from deployctl.db import capture, capture_store, replay, restore
 from deployctl.db.capture import XidSnapshot
 from deployctl.errors import StepFailed
 from deployctl.journal import Journal, with_dbname
@@ -636,18 +636,16 @@ def store_without_advancing(run: Run) -> int:
                                 "%s, %s)", [(*r[:5], *(psycopg.types.json.Jsonb(v) if v is not None
                                                        else None for v in r[5:])) for r in kept])
             return drained.changes
-        assert info.name is not None
-        for setting, value in capture.SESSION_FORMATS:
-            app.execute("SELECT set_config(%s, %s, false)", (setting, value))
-        messages = app.execute(
-            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, 'proto_version', '1', "
-            "'publication_names', %s)", (info.name, info.name)).fetchall()
-        decoder = pgoutput.Decoder()
-        transactions = [t for (data,) in messages if (t := decoder.feed(bytes(data))) is not None]
-        rows = [r for t in transactions for r in capture._rows_of(t)]
-        seen = capture_store.Drained()
-        capture_store.record(state, run.release_id, rows, seen, transactions[-1].end_lsn)
-        return seen.changes
+        # Killed after the journal stored the slot's batch, before the slot was advanced.
+        killed = subprocess.run(
+            [sys.executable, "-c", "import sys; from deployctl.db import capture; "
+             "from deployctl.journal import Journal; j = Journal(sys.argv[2]); "
+             "capture.drain(sys.argv[1], sys.argv[2], "
+             "capture.CaptureInfo.from_row(j.capture(int(sys.argv[3]))))",
+             run.pb.database.dsn, run.journal.dsn, str(run.release_id)],
+            env={**os.environ, "DEPLOYCTL_FAILPOINT": "capture:collected"}, check=False)
+        assert killed.returncode == -9
+        return capture.decode(state, run.release_id, info.snapshot).changes
 
 
 @pytest.mark.parametrize("mode", MODES)

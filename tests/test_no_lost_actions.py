@@ -49,10 +49,11 @@ def _exported_delta(env: Env, release_id: int) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh]
 
 
-@pytest.mark.parametrize(("env", "capture"), [
-    ("superuser", "logical"), ("superuser", "trigger"), ("managed", "auto")], indirect=["env"])
+@pytest.mark.parametrize(("env", "capture", "drain"), [
+    ("superuser", "logical", "lazy"), ("superuser", "logical", "continuous"),
+    ("superuser", "trigger", "lazy"), ("managed", "auto", "lazy")], indirect=["env"])
 def test_rollback_by_restore_keeps_every_acknowledged_action_of_users_on_both_versions(
-        env: Env, capture: str) -> None:
+        env: Env, capture: str, drain: str) -> None:
     released = env.cli("release", str(env.playbook("1")))
     assert released.returncode == 0, released.stderr
     seed(env)
@@ -62,7 +63,7 @@ def test_rollback_by_restore_keeps_every_acknowledged_action_of_users_on_both_ve
     traffic.start()
     try:
         traffic.add_when_healthy(green)
-        done = env.cli("release", "--json", str(_failing_v2_playbook(env, capture)), timeout=300)
+        done = env.cli("release", "--json", str(_failing_v2_playbook(env, capture, drain)), timeout=300)
         ended = time.time()
         time.sleep(AFTER_ROLLBACK_S)
     finally:

@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from deployctl import failpoints, progress
 from deployctl.db import capture_store as store
 from deployctl.db import pgoutput
 from deployctl.log import log
@@ -244,51 +245,137 @@ def _shape(relation: pgoutput.Relation) -> store.ShapeKey:
             tuple(c.name for c in relation.columns if c.type_oid in JSON_TYPES))
 
 
-def drain_logical(app: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
-                  slot: str, snapshot: XidSnapshot, upto_lsn: str | None = None) -> store.Drained:
-    """Move the slot's committed transactions into the journal; return what was seen."""
-    total = store.Drained()
+# One peek of the slot, as it is stored: the messages of the transactions that commit after
+# `collected_to` (a batch resent after a crash is not stored twice), and where the slot may go.
+# Begin ('B'): final LSN at byte 2; Commit ('C'): end LSN at byte 11 (both 8 bytes, big-endian).
+_PEEK = """
+    WITH m AS (
+        SELECT data, n, max(CASE WHEN get_byte(data, 0) = 66
+                                 THEN ('x' || encode(substr(data, 2, 8), 'hex'))::bit(64)::bigint
+                            END) OVER (ORDER BY n) AS tx_lsn
+        FROM pg_logical_slot_peek_binary_changes(%(slot)s::name, %(upto)s::pg_lsn, %(batch)s,
+                 'proto_version', '1', 'publication_names', %(slot)s::text)
+             WITH ORDINALITY AS p(l, x, data, n))
+    SELECT count(*), array_agg(data ORDER BY n) FILTER (WHERE tx_lsn > %(after)s::bigint),
+           min(tx_lsn) FILTER (WHERE tx_lsn > %(after)s::bigint), max(tx_lsn),
+           max(CASE WHEN get_byte(data, 0) = 67
+                    THEN ('x' || encode(substr(data, 11, 8), 'hex'))::bit(64)::bigint END)
+    FROM m"""
+RAW_BATCH = 20000
+
+
+@dataclass(frozen=True)
+class SlotWal:
+    """What a slot holds: `held` bytes of WAL kept on the server's disk (from its restart point,
+    which follows the confirmed point by up to a running-transactions record, ~15 s), of which
+    `pending` bytes are not yet stored in the journal."""
+
+    held: int
+    pending: int
+
+
+def slot_wal(app: psycopg.Connection[Any], slot: str) -> SlotWal:
+    """The WAL the slot holds; CaptureLost when it is gone or invalidated."""
+    row = app.execute(
+        """SELECT wal_status, COALESCE(pg_current_wal_lsn() - restart_lsn, 0)::bigint,
+                  COALESCE(pg_current_wal_lsn() - confirmed_flush_lsn, 0)::bigint
+           FROM pg_replication_slots WHERE slot_name = %s""", (slot,)).fetchone()
+    if row is None or row[0] == "lost":
+        raise CaptureLost(f"replication slot {slot} is {'gone' if row is None else 'lost'}")
+    return SlotWal(max(int(row[1]), 0), max(int(row[2]), 0))
+
+
+def wal_keep_size(conn: psycopg.Connection[Any]) -> int | None:
+    """max_slot_wal_keep_size in bytes, past which the server invalidates a slot (None: unlimited)."""
+    row = conn.execute(
+        "SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size'").fetchone()
+    return None if row is None or row[0] < 0 else int(row[0]) * (1 << 20)
+
+
+def wal_budget(conn: psycopg.Connection[Any], configured: int) -> int:
+    """The WAL a lazy capture leaves in its slot before storing it in the journal:
+    `capture.max_retained_wal`, and never more than half of max_slot_wal_keep_size."""
+    keep = wal_keep_size(conn)
+    return configured if keep is None else min(configured, keep // 2)
+
+
+def collect(app: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
+            slot: str, upto_lsn: str | None = None) -> int:
+    """Store the slot's committed transactions in the journal as raw pgoutput messages, batch by
+    batch, advancing the slot only past what is stored; return the messages stored."""
+    stored = 0
     while True:
-        status = app.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
-                             (slot,)).fetchone()
-        if status is None or status[0] == "lost":
-            raise CaptureLost(f"replication slot {slot} is {'gone' if status is None else 'lost'}")
-        messages = app.execute(
-            """SELECT data FROM pg_logical_slot_peek_binary_changes(
-                   %s, %s::pg_lsn, %s, 'proto_version', '1', 'publication_names', %s)""",
-            (slot, upto_lsn, BATCH, slot)).fetchall()
-        decoder = pgoutput.Decoder()
-        rows: list[tuple[Any, ...]] = []
-        seen = store.Drained()
-        migrated: list[tuple[int, str | None]] = []
-        revision = store.current_revision(state, release_id)
-        end_lsn = 0
-        for (data,) in messages:
-            tx = decoder.feed(bytes(data))
-            if tx is None:
-                continue
-            end_lsn = tx.end_lsn
-            if tx.origin == ORIGIN:
-                seen.own_writes += 1
-            elif snapshot.visible(snapshot.full_xid(tx.xid)):
-                seen.in_snapshot += 1
-            elif writes := [(c.old and c.old.get("version_num"), c.new and c.new.get("version_num"))
-                            for c in tx.changes
-                            if c.relation is not None and c.relation.name == MIGRATION_TABLE]:
-                seen.migrations += 1
-                revision = store.revision_after(revision, writes)
-                migrated.append((tx.commit_lsn, revision))
-            else:
-                rows.extend(_rows_of(tx))
-        if end_lsn == 0:
-            return total
-        store.record(state, release_id, rows, seen, end_lsn, migrated)
-        total.add(seen)
+        slot_wal(app, slot)
+        row = state.execute("SELECT collected_to FROM deployctl.captures WHERE release_id = %s",
+                            (release_id,)).fetchone()
+        after = row[0] if row else 0
+        with app.cursor(binary=True) as cur:
+            count, messages, first, last, end_lsn = cur.execute(_PEEK, {
+                "slot": slot, "upto": upto_lsn, "batch": RAW_BATCH, "after": after}).fetchone()  # type: ignore[misc]
+        if not count:
+            return stored
+        if messages:
+            with state.transaction():
+                state.execute(
+                    """INSERT INTO deployctl.wal_batches (release_id, end_lsn, start_lsn, messages)
+                       VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                    (release_id, end_lsn, first, messages))
+                state.execute("UPDATE deployctl.captures SET collected_to = GREATEST(collected_to, %s) "
+                              "WHERE release_id = %s", (last, release_id))
+            stored += len(messages)
+            failpoints.hit("capture", "collected")
         # Only now that the journal has them may the slot forget them.
         app.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
                     (slot, pgoutput.format_lsn(end_lsn)))
-        if len(messages) < BATCH:
-            return total
+        if count < RAW_BATCH:
+            return stored
+
+
+def decode(state: psycopg.Connection[Any], release_id: int, snapshot: XidSnapshot) -> store.Drained:
+    """Decode the stored batches into changes, each in the shape it was captured in, oldest
+    first; a batch is deleted in the transaction that stores its changes (decoded once)."""
+    total = store.Drained()
+    while True:
+        with state.transaction():
+            # FOR UPDATE: another process decoding the same release waits for this batch.
+            row = state.execute(
+                """SELECT end_lsn, messages FROM deployctl.wal_batches WHERE release_id = %s
+                   ORDER BY end_lsn LIMIT 1 FOR UPDATE""", (release_id,)).fetchone()
+            if row is None:
+                return total
+            end_lsn, messages = row
+            rows, seen, migrated = _decoded(messages, snapshot, store.current_revision(state, release_id))
+            store.record(state, release_id, rows, seen, end_lsn, migrated)
+            state.execute("DELETE FROM deployctl.wal_batches WHERE release_id = %s AND end_lsn = %s",
+                          (release_id, end_lsn))
+        total.add(seen)
+
+
+def _decoded(messages: list[bytes], snapshot: XidSnapshot, revision: str | None
+             ) -> tuple[list[tuple[Any, ...]], store.Drained, list[tuple[int, str | None]]]:
+    """A batch's changes to keep, what was left out (and why), and the migrations seen."""
+    # Each batch is one peek of the slot: it sends every Relation before its first use.
+    decoder = pgoutput.Decoder()
+    rows: list[tuple[Any, ...]] = []
+    seen = store.Drained()
+    migrated: list[tuple[int, str | None]] = []
+    for data in messages:
+        tx = decoder.feed(data)
+        if tx is None:
+            continue
+        if tx.origin == ORIGIN:
+            seen.own_writes += 1
+        elif snapshot.visible(snapshot.full_xid(tx.xid)):
+            seen.in_snapshot += 1
+        elif writes := [(c.old and c.old.get("version_num"), c.new and c.new.get("version_num"))
+                        for c in tx.changes
+                        if c.relation is not None and c.relation.name == MIGRATION_TABLE]:
+            seen.migrations += 1
+            revision = store.revision_after(revision, writes)
+            migrated.append((tx.commit_lsn, revision))
+        else:
+            rows.extend(_rows_of(tx))
+    return rows, seen, migrated
 
 
 def _primary_keys(app: psycopg.Connection[Any]) -> dict[tuple[str, str], list[str]]:
@@ -392,17 +479,27 @@ def wait_flushed(app: psycopg.Connection[Any], lsn: str, timeout: float = 10.0) 
         time.sleep(0.01)
 
 
-def drain_with(app: psycopg.Connection[Any], state_dsn: str, info: CaptureInfo,
-               upto_lsn: str | None = None) -> store.Drained:
-    """One drain over an open connection to the captured database."""
+def _session(app: psycopg.Connection[Any]) -> None:
     for setting, value in SESSION_FORMATS:
         app.execute("SELECT set_config(%s, %s, false)", (setting, value))
+
+
+def drain_with(app: psycopg.Connection[Any], state_dsn: str, info: CaptureInfo,
+               upto_lsn: str | None = None) -> store.Drained:
+    """One whole drain over an open connection to the captured database: the slot's WAL
+    collected and decoded (or the capture table read) into the journal's changes."""
+    _session(app)
     if upto_lsn is not None and info.mode == "logical":
         wait_flushed(app, upto_lsn)
     with _drain_lock, psycopg.connect(state_dsn, autocommit=True) as state:
         if info.mode == "logical":
             assert info.name is not None
-            return drain_logical(app, state, info.release_id, info.name, info.snapshot, upto_lsn)
+            try:
+                collect(app, state, info.release_id, info.name, upto_lsn)
+            finally:
+                # What was collected before the slot was lost is the delta still.
+                drained = decode(state, info.release_id, info.snapshot)
+            return drained
         return drain_triggers(app, state, info.release_id, info.snapshot)
 
 
@@ -410,6 +507,23 @@ def drain(app_dsn: str, state_dsn: str, info: CaptureInfo) -> store.Drained:
     """One drain, with connections of its own."""
     with psycopg.connect(app_dsn, autocommit=True) as app:
         return drain_with(app, state_dsn, info)
+
+
+def keep_within(app: psycopg.Connection[Any], state_dsn: str, info: CaptureInfo, budget: int
+                ) -> SlotWal | None:
+    """Lazy capture: collect the slot's WAL into the journal (undecoded) once more than `budget`
+    bytes of it are not stored yet. Returns what the slot held (None: trigger capture)."""
+    if info.mode != "logical":
+        return None
+    assert info.name is not None
+    wal = slot_wal(app, info.name)
+    if wal.pending > budget:
+        log.info("capture: collecting the slot's WAL into the journal", pending_bytes=wal.pending,
+                 budget_bytes=budget)
+        _session(app)
+        with _drain_lock, psycopg.connect(state_dsn, autocommit=True) as state:
+            collect(app, state, info.release_id, info.name)
+    return wal
 
 
 def after_migration(dsn: str, mode: str, schemas: list[str]) -> list[str]:
@@ -436,25 +550,50 @@ def after_migration(dsn: str, mode: str, schemas: list[str]) -> list[str]:
         return keyless
 
 
-class Worker(threading.Thread):
-    """Drains the capture every `interval` seconds while the release runs."""
+REPORT_EVERY_S = 60.0  # how often a lazy capture tells the WAL its slot holds
 
-    def __init__(self, app_dsn: str, state_dsn: str, info: CaptureInfo, interval: float = 1.0) -> None:
+
+class Worker(threading.Thread):
+    """Keeps the capture in hand while the release runs, every `interval` seconds: `lazy` keeps
+    the WAL not yet stored within `budget` bytes (see `wal_budget`); `continuous` drains
+    everything into changes."""
+
+    def __init__(self, app_dsn: str, state_dsn: str, info: CaptureInfo, interval: float = 1.0,
+                 mode: str = "continuous", budget: int = 1 << 30) -> None:
         super().__init__(name="deployctl-capture", daemon=True)
         self.app_dsn, self.state_dsn, self.info, self.interval = app_dsn, state_dsn, info, interval
+        self.mode, self.budget = mode, budget
         self.stopping = threading.Event()
         self.lost: str | None = None
+        self.wal: SlotWal | None = None  # what the slot held at the last look
 
     def run(self) -> None:
+        app: psycopg.Connection[Any] | None = None
+        next_report = time.monotonic() + REPORT_EVERY_S
         while not self.stopping.wait(self.interval):
             try:
-                drain(self.app_dsn, self.state_dsn, self.info)
+                if app is None or app.closed:
+                    app = psycopg.connect(self.app_dsn, autocommit=True)
+                    budget = wal_budget(app, self.budget)
+                if self.mode == "lazy":
+                    self.wal = keep_within(app, self.state_dsn, self.info, budget)
+                    if self.wal is not None and time.monotonic() >= next_report:
+                        next_report = time.monotonic() + REPORT_EVERY_S
+                        log.info("capture", slot_holds=progress.amount(self.wal.held),
+                                 not_yet_stored=progress.amount(self.wal.pending),
+                                 budget=progress.amount(budget))
+                else:
+                    drain_with(app, self.state_dsn, self.info)
             except CaptureLost as exc:
                 self.lost = str(exc)
                 log.error("capture lost: the delta is incomplete", error=str(exc))
-                return
+                break
             except psycopg.Error as exc:  # the database may be swapping: try again next round
                 log.warning("capture drain failed; retrying", error=str(exc).strip())
+                if app is not None:
+                    app.close()
+        if app is not None:
+            app.close()
 
     def stop(self) -> None:
         self.stopping.set()

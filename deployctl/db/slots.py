@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from deployctl.db.capture import object_name
+from deployctl.db.capture import object_name, wal_keep_size
 from deployctl.journal import OPEN_STATUSES
 
 GIB = 1 << 30
@@ -54,13 +54,12 @@ def list_slots(conn: psycopg.Connection[Any]) -> list[Slot]:
 
 def wal_limit(conn: psycopg.Connection[Any]) -> tuple[int, str]:
     """WAL an orphan slot may hold before preflight fails, and where that limit comes from."""
-    row = conn.execute(
-        "SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size'").fetchone()
-    if row is None or row[0] < 0:
+    keep = wal_keep_size(conn)
+    if keep is None:
         return DEFAULT_LIMIT, "max_slot_wal_keep_size is unlimited"
     # Past max_slot_wal_keep_size the server invalidates the slot: a running release's capture
     # would be lost with it, so an orphan already taking half the room is too much.
-    return int(row[0]) * (1 << 20) // 2, "half of max_slot_wal_keep_size"
+    return keep // 2, "half of max_slot_wal_keep_size"
 
 
 def open_releases(state_dsn: str, app: str) -> set[int] | None:
