@@ -1,14 +1,21 @@
 """What change capture costs the application: pgbench throughput with and without it.
 
 pgbench's default TPC-B-like script runs on its own database; the variants are measured
-interleaved (base, logical, trigger, base, …). A captured run is set up as during a release:
-`capture.start()` creates the slot and publication (or the triggers) for the pgbench tables, the
-journal records the capture with `pg_current_snapshot()` taken just after, and a capture
-`Worker` drains into the state database every second while pgbench runs.
+interleaved (base, logical, continuous, trigger, decode, base, …). A captured run is set up as
+during a release: `capture.start()` creates the slot and publication (or the triggers) for the
+pgbench tables, the journal records the capture with `pg_current_snapshot()` taken just after,
+and a capture `Worker` runs every second while pgbench runs, in the playbook's default drain
+mode, `lazy` (`logical`, `trigger`: the slot holds its WAL within the default budget), or in
+`continuous` mode (the slot's messages stored and decoded into the journal as they come). After
+pgbench, the release finalizes: a lazy capture is discarded, a continuous one drained to its end;
+that work is in the CPU figures too.
 
-A fourth variant, `decode`, measures the floor of any logical capture on this machine: the same
-slot and publication consumed by PostgreSQL alone (`pg_logical_slot_get_binary_changes()`
-counted in the server, every second), with no client work and nothing stored.
+`decode` measures the floor of any logical capture on this machine: the same slot and
+publication consumed by PostgreSQL alone (`pg_logical_slot_get_binary_changes()` counted in the
+server, every second), with no client work and nothing stored.
+
+Everything is measured twice: on the throwaway cluster (fsync and full_page_writes off) and on
+one with a production server's durable settings (lines ending in `_durable`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 import psycopg
 
 from bench.common import (
+    DURABLE,
     capture_info,
     create_database,
     emit,
@@ -32,6 +40,7 @@ from bench.common import (
     new_release,
     open_journal,
     progress,
+    throwaway_cluster,
 )
 from deployctl.db import capture
 from deployctl.localpg import LocalCluster
@@ -43,7 +52,7 @@ SCALE = int(os.environ.get("BENCH_PGBENCH_SCALE", "10"))
 SECONDS = int(os.environ.get("BENCH_PGBENCH_SECONDS", "6"))
 ROUNDS = int(os.environ.get("BENCH_CAPTURE_ROUNDS", "5"))
 CLIENTS, THREADS = 4, 2
-MODES = ("base", "logical", "trigger", "decode")
+MODES = ("base", "logical", "continuous", "trigger", "decode")
 CHANGES_PER_TX = 4  # the TPC-B-like script: three UPDATEs and one INSERT
 
 
@@ -125,13 +134,15 @@ def _one(cluster: LocalCluster, mode: str, round_no: int) -> Run:
     name = f"deployctl_bench_{mode}_{round_no}"
     if mode == "decode":
         return _decode_only(cluster, name)
+    kind = "trigger" if mode == "trigger" else "logical"
+    drain = "continuous" if mode == "continuous" else "lazy"
     with open_journal(cluster) as journal:
         release_id = new_release(journal, name)
-        capture.start(dsn, mode, name, ["public"])
+        capture.start(dsn, kind, name, ["public"])
         with psycopg.connect(dsn, autocommit=True) as conn:
             snapshot = str(conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0])  # type: ignore[index]
-        info = capture_info(journal, release_id, mode, name, snapshot)
-        worker = capture.Worker(dsn, journal.dsn, info, interval=1.0)
+        info = capture_info(journal, release_id, kind, name, snapshot)
+        worker = capture.Worker(dsn, journal.dsn, info, interval=1.0, mode=drain)
         cpu = _settled_cpu(cluster)
         worker.start()
         try:
@@ -140,12 +151,14 @@ def _one(cluster: LocalCluster, mode: str, round_no: int) -> Run:
             worker.stop()
         count = "SELECT count(*) AS n FROM deployctl.changes WHERE release_id = %s"
         drained = journal.conn.execute(count, (release_id,)).fetchone()["n"]  # type: ignore[index]
-        capture.drain(dsn, journal.dsn, info)  # what the run left behind costs CPU too
-        cpu = _settled_cpu(cluster) - cpu
+        if drain == "continuous":
+            capture.drain(dsn, journal.dsn, info)  # what the run left behind costs CPU too
         capture.stop(dsn, name)
+        cpu = _settled_cpu(cluster) - cpu
         finish_release(journal, release_id)
     transactions = _transactions(output)
-    return Run(_tps(output), cpu * 1000 / transactions, drained / (transactions * CHANGES_PER_TX))
+    share = drained / (transactions * CHANGES_PER_TX) if drain == "continuous" else None
+    return Run(_tps(output), cpu * 1000 / transactions, share)
 
 
 def _decode_only(cluster: LocalCluster, name: str) -> Run:
@@ -176,10 +189,9 @@ def _decode_only(cluster: LocalCluster, name: str) -> Run:
     return Run(_tps(output), cpu * 1000 / _transactions(output), None)
 
 
-def run(cluster: LocalCluster, rounds: int) -> None:
-    rounds = max(rounds, ROUNDS)
+def _measure(cluster: LocalCluster, rounds: int, suffix: str) -> None:
     create_database(cluster, DB)
-    progress(f"pgbench -i -s {SCALE}")
+    progress(f"pgbench -i -s {SCALE}{suffix}")
     _pgbench(cluster, "-i", "-q", "-s", str(SCALE))
     progress("warm-up run (not counted)")
     _bench(cluster, 5)
@@ -191,15 +203,24 @@ def run(cluster: LocalCluster, rounds: int) -> None:
             r = _one(cluster, mode, round_no)
             runs[mode].append(r)
             note = f", worker had drained {r.drained:.0%} when pgbench ended" if r.drained is not None else ""
-            progress(f"round {round_no + 1}/{rounds} {mode}: {r.tps:.0f} tps, {r.cpu_ms_per_tx:.2f} CPU ms "
-                     f"per transaction{note} ({time.monotonic() - started:.0f}s)")
+            progress(f"round {round_no + 1}/{rounds}{suffix} {mode}: {r.tps:.0f} tps, {r.cpu_ms_per_tx:.2f} "
+                     f"CPU ms per transaction{note} ({time.monotonic() - started:.0f}s)")
     tps = {m: median([r.tps for r in runs[m]]) for m in MODES}
     cpu = {m: median([r.cpu_ms_per_tx for r in runs[m]]) for m in MODES}
     for mode in MODES:
-        emit(f"pgbench_tps_{mode}", tps[mode])
+        emit(f"pgbench_tps_{mode}{suffix}", tps[mode])
     for mode in MODES:
-        emit(f"pgbench_cpu_ms_per_tx_{mode}", cpu[mode])
+        emit(f"pgbench_cpu_ms_per_tx_{mode}{suffix}", cpu[mode])
     for mode in MODES[1:]:
-        emit(f"capture_cpu_per_tx_ratio_{mode}", cpu[mode] / cpu["base"])
+        emit(f"capture_cpu_per_tx_ratio_{mode}{suffix}", cpu[mode] / cpu["base"])
     for mode in MODES[1:]:
-        emit(f"capture_tps_ratio_{mode}", tps[mode] / tps["base"])
+        emit(f"capture_tps_ratio_{mode}{suffix}", tps[mode] / tps["base"])
+    # Continuous capture against PostgreSQL's own decoding of the same slot: our share of it.
+    emit(f"capture_continuous_vs_decode{suffix}", tps["continuous"] / tps["decode"])
+
+
+def run(cluster: LocalCluster, rounds: int) -> None:
+    rounds = max(rounds, ROUNDS)
+    _measure(cluster, rounds, "")
+    with throwaway_cluster(DURABLE) as durable:
+        _measure(durable, rounds, "_durable")

@@ -35,11 +35,15 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+# What a production server runs with (the throwaway clusters turn them off).
+DURABLE = {"fsync": "on", "full_page_writes": "on", "synchronous_commit": "on"}
+
+
 @contextmanager
-def throwaway_cluster() -> Iterator[LocalCluster]:
+def throwaway_cluster(settings: dict[str, str] | None = None) -> Iterator[LocalCluster]:
     """A fresh cluster in a temp folder, destroyed at the end whatever happens."""
     folder = tempfile.mkdtemp(prefix="deployctl-bench-")
-    cluster = LocalCluster(folder)
+    cluster = LocalCluster(folder, settings)
     try:
         cluster.start()
         progress(f"cluster up on port {cluster.port}")
@@ -89,6 +93,7 @@ def capture_info(journal: Journal, release_id: int, mode: str, name: str, snapsh
 def finish_release(journal: Journal, release_id: int) -> None:
     """Close the release and drop its delta, so the next run starts from an empty journal."""
     journal.conn.execute("DELETE FROM deployctl.changes WHERE release_id = %s", (release_id,))
+    journal.conn.execute("DELETE FROM deployctl.wal_batches WHERE release_id = %s", (release_id,))
     journal.set_status(release_id, "released")
 
 

@@ -81,10 +81,11 @@ def _reachable_by_server_user(path: Path) -> bool:
 class LocalCluster:
     """A cluster under `root` (data in root/data, log in root/postgres.log)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], settings: dict[str, str] | None = None) -> None:
         self.requested = Path(root).resolve()
         self.root = self.requested
         self.bindir = server_bindir()
+        self.settings = {**SERVER_SETTINGS, **(settings or {})}
 
     @property
     def data(self) -> Path:
@@ -139,7 +140,7 @@ class LocalCluster:
         port = _free_port(int(known.read_text()) if known.exists() else 0)
         known.write_text(str(port))
         options = " ".join(f"-c {k}={v!r}" if v == "" else f"-c {k}={v}"
-                           for k, v in SERVER_SETTINGS.items())
+                           for k, v in self.settings.items())
         started = self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.root / "postgres.log"),
             "-w", "-t", "60", "-o", f"-p {port} {options}", "start",
