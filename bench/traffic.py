@@ -7,7 +7,8 @@ each with its own user id:
 - `rollback`: version 2 answers users slowly (SOCIAL_SLOW), the latency gate breaches at 10%,
   and deployctl rolls back on its own (database rollback `keep`: the migration is expand-only).
   `rollback_traffic_s` is the time from the breaching gate reading to the end of the step that
-  put every user back on blue, both as the journal recorded them.
+  put every user back on blue, both as the journal recorded them; `rollback_traffic_s_loaded`
+  the same while pgbench (8 clients, a database of its own) saturates the database server.
 - `cutover`: a staged release 0 → allow-list → 10% → 50% → 100% → finalize.
 
 A request fails if it gets no answer or a status other than 200. Load keeps running until the
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +181,21 @@ def _rollback_traffic_s(state_dsn: str) -> float:
     return (row[1] - row[0]).total_seconds()
 
 
+@contextmanager
+def _saturated(cluster: LocalCluster) -> Iterator[None]:
+    """pgbench writing as fast as it can, on a database of its own on the same server."""
+    create_database(cluster, "bench_saturate")
+    argv = ["pgbench", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres"]
+    subprocess.run([*argv, "-i", "-q", "-s", "10", "bench_saturate"], check=True, capture_output=True)
+    pgbench = subprocess.Popen([*argv, "-c", "8", "-j", "2", "-T", "3600", "bench_saturate"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        pgbench.terminate()
+        pgbench.wait(timeout=30)
+
+
 def run(cluster: LocalCluster, rounds: int) -> None:
     folder = Path(tempfile.mkdtemp(prefix="dc-bench-traffic-"))
     stage = Stage(cluster, folder)
@@ -194,6 +212,14 @@ def run(cluster: LocalCluster, rounds: int) -> None:
         emit("rollback_requests", load.sent)
         emit("rollback_failed_requests", len(load.failed))
         emit("rollback_traffic_s", _rollback_traffic_s(cluster.dsn("deployctl")))
+        progress("the same while pgbench saturates the database server")
+        with _saturated(cluster):
+            code, load = stage.release_under_load(stage.playbook(
+                "2", "v2-slow-loaded", app_env={"SOCIAL_SLOW": "300"}, gates=GATES,
+                cohorts=[{"name": "beta", "percent": 10, "hold": "60s"}]))
+        if code != 1:
+            raise RuntimeError(f"the slow version 2 was not rolled back under load (exit {code})")
+        emit("rollback_traffic_s_loaded", _rollback_traffic_s(cluster.dsn("deployctl")))
         progress("version 2, staged: allow-list, 10%, 50%, 100%")
         code, load = stage.release_under_load(stage.playbook(
             "2", "v2", gates=GATES, cohorts=[

@@ -293,11 +293,8 @@ def _status_once(release_id: int | None, app: str | None, pb_path: str | None, s
 
 
 def _capture_of(journal: Journal, release_id: int, pb_path: str | None) -> dict[str, Any] | None:
-    try:
-        pb = _release_playbook(journal, release_id, pb_path)
-    except DeployctlError:  # a playbook that no longer reads: the rest of the status still shows
-        return None
-    return deltas.capture_status(journal, pb, release_id)
+    pb = _playbook_if_readable(journal, release_id, pb_path)
+    return deltas.capture_status(journal, pb, release_id) if pb else None
 
 
 def _capture_text(c: dict[str, Any]) -> str:
@@ -355,6 +352,18 @@ def _release_playbook(journal: Journal, release_id: int, pb_path: str | None) ->
     return playbook.parse(found.playbook_text, Path(found.playbook_path), stored=True)
 
 
+def _playbook_if_readable(journal: Journal, release_id: int, pb_path: str | None
+                          ) -> playbook.Playbook | None:
+    """For what can be shown without it (a status, a delta's counts): a playbook that no longer
+    reads (an unset variable it refers to) leaves the journal's part."""
+    try:
+        return _release_playbook(journal, release_id, pb_path)
+    except DeployctlError as exc:
+        log.warning("the release's playbook cannot be read: showing the journal's part only",
+                    error=str(exc))
+        return None
+
+
 @delta.command("show")
 @click.argument("release_id", type=int)
 @with_state
@@ -363,7 +372,7 @@ def _release_playbook(journal: Journal, release_id: int, pb_path: str | None) ->
 def delta_show(release_id: int, pb_path: str | None, state_dsn: str | None, as_json: bool) -> int:
     """Counts of the delta of RELEASE_ID per table and operation, and whether it is complete."""
     with Journal(_state_dsn(pb_path, state_dsn)) as journal:
-        shown = deltas.show(journal, release_id, _release_playbook(journal, release_id, pb_path))
+        shown = deltas.show(journal, release_id, _playbook_if_readable(journal, release_id, pb_path))
 
     def text() -> str:
         lines = [f"delta of release #{release_id}: {shown['changes']} changes in "

@@ -135,7 +135,8 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     # The delta is decoded while the snapshot loads, and the slot does not hold the WAL the
     # load writes (a database's worth): the pause has only the tail left.
     found = journal.capture(release_id)
-    decoding = (capture.Worker(dsn, journal.dsn, CaptureInfo.from_row(found), pb.capture.interval)
+    decoding = (capture.Worker(dsn, journal.dsn, CaptureInfo.from_row(found), pb.capture.interval,
+                               nice=False)
                 if found and found["status"] == "active" else None)
     if decoding is not None:
         decoding.start()

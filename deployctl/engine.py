@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from deployctl import failpoints
+from deployctl import capture_keeper, failpoints
 from deployctl.cohorts import Aborted, GateBreach, Operator
 from deployctl.db import capture, restore
 from deployctl.errors import (
@@ -182,8 +182,12 @@ def _abort(run: Run, reason: str, capture_stopped: Callable[[], None] | None = N
     except Exception as exc:
         return _rollback(run, f"{reason}; then moving traffic to blue failed: {exc}", capture_stopped)
     run.tell("rollback", f"aborted, every user back on blue: {reason}")
+    found = run.journal.capture(run.release_id)
+    keeper = (capture_keeper.spawn(run.pb, run.journal.dsn, run.release_id)
+              if found and found["status"] == "active" and found["mode"] == "logical" else None)
     log.warning("release aborted: users are on blue; green and the capture are kept",
-                release=run.release_id, next=f"deployctl rollback {run.release_id}")
+                release=run.release_id, next=f"deployctl rollback {run.release_id}",
+                **({"capture_keeper_pid": keeper} if keeper else {}))
     return "aborted"
 
 

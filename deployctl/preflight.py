@@ -153,6 +153,29 @@ def _restore_disk(pb: Playbook, facts: dict[str, Any]) -> Check:
                                                  f"back by {mode})"))
 
 
+def _wal_disk(pb: Playbook, facts: dict[str, Any]) -> Check:
+    """Room on the database server for the WAL a logical capture's slot may hold."""
+    try:
+        with psycopg.connect(pb.database.dsn, connect_timeout=10) as conn:
+            if capture.capture_mode(conn, pb.capture.mode) != "logical":
+                return Check("wal_disk", "pass", "trigger capture: no replication slot holds WAL")
+            budget = capture.wal_budget(conn, pb.capture.max_retained_wal)
+    except psycopg.Error as exc:
+        return Check("wal_disk", "warn", f"could not read the server's settings: {str(exc).strip()}")
+    datadir, why_not = _server_data_directory(facts)
+    if datadir is None:
+        return Check("wal_disk", "warn", f"cannot measure free space on the database server "
+                     f"({why_not}); the capture's slot may hold up to {_size(budget)} of WAL "
+                     "(capture.max_retained_wal): check it on the server (df)")
+    free = shutil.disk_usage(datadir / "pg_wal").free
+    if free < budget:
+        return Check("wal_disk", "warn", f"{free // MIB} MiB free for WAL in {datadir / 'pg_wal'}, "
+                     f"the capture's slot may hold up to {_size(budget)}: lower "
+                     "capture.max_retained_wal or free space on the database server")
+    return Check("wal_disk", "pass", f"{free // MIB} MiB free for WAL, the capture's slot holds "
+                 f"at most about {_size(budget)}")
+
+
 def _migrations(alembic: Alembic, target: str) -> Check:
     try:
         resolved = alembic.resolve(target)
@@ -338,6 +361,7 @@ def run(pb: Playbook, alembic: Alembic, release_id: int | None = None) -> list[C
     checks.append(_pg_dump(facts["server_version_num"]))
     checks.append(_disk(pb.workdir, facts["database_bytes"]))
     checks.append(_restore_disk(pb, facts))
+    checks.append(_wal_disk(pb, facts))
     checks.append(_migrations(alembic, pb.migrations.target))
     if checks[-1].status != "fail":  # an unknown target has no SQL to lint
         checks.append(_lint(pb, alembic))

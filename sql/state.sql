@@ -147,7 +147,8 @@ CREATE TABLE IF NOT EXISTS deployctl.controls (
 CREATE INDEX IF NOT EXISTS controls_pending ON deployctl.controls (release_id) WHERE handled_at IS NULL;
 
 -- Logical capture stores what it reads from the slot as pgoutput's raw messages, one row per
--- batch of whole transactions (`end_lsn`: the last one's end), before the slot lets go of them;
+-- batch of whole transactions (`end_lsn`: the last one's end; `messages`: each message after
+-- its length as 4 bytes big-endian, compressed with zlib), before the slot lets go of them;
 -- decoding a batch into `changes` deletes it in the same transaction. `collected_to`: the
 -- commit LSN of the last transaction stored, so that a batch resent after a crash is not
 -- stored twice. A capture is `discarded` when the release finalized under lazy capture: its
@@ -156,10 +157,12 @@ CREATE TABLE IF NOT EXISTS deployctl.wal_batches (
     release_id   bigint NOT NULL REFERENCES deployctl.releases (id) ON DELETE CASCADE,
     end_lsn      bigint NOT NULL,
     start_lsn    bigint NOT NULL,
-    messages     bytea[] NOT NULL,
+    messages     bytea NOT NULL,
     PRIMARY KEY (release_id, end_lsn)
 );
 ALTER TABLE deployctl.captures ADD COLUMN IF NOT EXISTS collected_to bigint NOT NULL DEFAULT 0;
 ALTER TABLE deployctl.captures DROP CONSTRAINT IF EXISTS captures_status_check;
 ALTER TABLE deployctl.captures ADD CONSTRAINT captures_status_check
     CHECK (status IN ('active', 'stopped', 'incomplete', 'discarded'));
+-- Compressed already: the server does not try again.
+ALTER TABLE deployctl.wal_batches ALTER COLUMN messages SET STORAGE EXTERNAL;

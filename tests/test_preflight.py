@@ -146,12 +146,14 @@ def test_check_passes_a_good_release_with_exit_0_one_line_per_check_and_touches_
     local = os.access(Path(datadir) / "postmaster.pid", os.R_OK)
     assert [line.split()[:2] for line in lines[:-1]] == [
         ["pass", "database"], ["pass", "pg_dump"], ["pass", "disk"],
-        ["pass" if local else "warn", "restore_disk"], ["pass", "migrations"],
+        ["pass" if local else "warn", "restore_disk"], ["pass" if local else "warn", "wal_disk"],
+        ["pass", "migrations"],
         ["pass", "migration_lint"], ["pass", "capture"], ["pass", "privileges"], ["pass", "slots"],
         ["pass", "tls"]]
-    assert lines[-1] == f"social 2: ready, {0 if local else 1} warning(s)"
+    assert lines[-1] == f"social 2: ready, {0 if local else 2} warning(s)"
     if local:
         assert f"free in {datadir} for a side-by-side restore of about" in done.stdout
+        assert "MiB free for WAL, the capture's slot holds at most about 1.0 GiB" in done.stdout
     assert "0001 → 0002 is expand-only" in done.stdout
     assert "rollback by keep, downgrade or restore" in done.stdout
     assert env.revision() == "0001"
@@ -346,6 +348,17 @@ def test_a_managed_role_passes_and_a_privilege_it_lacks_is_named_with_its_grant(
     assert f"GRANT TRIGGER ON public.audit TO {env.user}" in message
     assert "triggers on public.audit from firing, as their owner" in message
     touched_nothing(env)
+
+
+def test_a_wal_budget_the_servers_disk_cannot_hold_is_a_warning(env: Env) -> None:
+    migrate_to(env, "0001")
+    code, data = check(env, env.playbook("2", capture={"max_retained_wal": "900TB"}))
+    assert code == 0, data
+    line = by_name(data)["wal_disk"]
+    assert line["status"] == "warn"
+    assert re.fullmatch(r"\d+ MiB free for WAL in \S+/pg_wal, the capture's slot may hold up to "
+                        r"921600\.0 GiB: lower capture.max_retained_wal or free space on the "
+                        r"database server", line["message"]), line["message"]
 
 
 # -- side-by-side restore on a server this role cannot look into ---------------------------------

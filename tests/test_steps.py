@@ -163,8 +163,9 @@ def test_preflight_passes_on_a_good_setup_and_returns_every_check(env: Env, jour
     migrate_to(env, "0001")
     outcome = steps.preflight(start_release(env, journal))
     checks = outcome.detail["checks"]
-    assert [c["name"] for c in checks] == ["database", "pg_dump", "disk", "restore_disk", "migrations",
-                                           "migration_lint", "capture", "privileges", "slots"]
+    assert [c["name"] for c in checks] == ["database", "pg_dump", "disk", "restore_disk", "wal_disk",
+                                           "migrations", "migration_lint", "capture", "privileges",
+                                           "slots"]
     assert all(c["status"] == "pass" for c in checks), checks
     messages = {c["name"]: c["message"] for c in checks}
     assert messages["migrations"] == "database at 0001, target 0002"

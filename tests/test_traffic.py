@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from deployctl.fleet.routers import Endpoint, Split
@@ -231,7 +234,7 @@ def test_operators_pause_promote_and_abort_a_running_release_from_another_termin
     released_v1(env, haproxy)
     playbook = routed(env, haproxy, "2", gates=GATES, cohorts=[
         {"name": "staff", "allow": STAFF, "hold": "10m"},
-        {"name": "beta", "percent": 10, "hold": "10m"}])
+        {"name": "beta", "percent": 10, "hold": "10m"}], capture={"max_retained_wal": "1MB"})
     running = subprocess.Popen([sys.executable, "-m", "deployctl", "release", str(playbook)],
                                cwd=env.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -273,10 +276,31 @@ def test_operators_pause_promote_and_abort_a_running_release_from_another_termin
     assert set(versions_now(haproxy.port).values()) == {"1"}
     # Green still runs for a look, until the rollback finishes the job.
     assert env.cli("resume", *state).returncode == 2
+    # Meanwhile users write on blue: a keeper holds the slot's WAL within its budget.
+    assert re.search(r"capture_keeper_pid=\d+", out), out
+    with psycopg.connect(env.app_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (name, email) VALUES ('Kept', 'kept@example.com')")
+        for _ in range(4):
+            conn.execute("INSERT INTO messages (user_id, body) SELECT (SELECT max(id) FROM users), "
+                         "'while aborted ' || repeat('x', 500) FROM generate_series(1, 1000)")
+
+    def stored() -> bool:
+        with psycopg.connect(env.state_dsn) as conn:
+            return conn.execute("SELECT count(*) FROM deployctl.wal_batches WHERE release_id = %s",
+                                (rid,)).fetchone() != (0,)
+
+    _wait_for(env, "the capture keeper to store the slot's WAL", stored)
     finished = env.cli("rollback", str(rid), *state, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert env.release_row(rid)["status"] == "rolled_back"  # type: ignore[index]
     assert env.cli("pause", *state).returncode == 2
+    keeper_log = env.workdir / f"social-{rid}-keeper.log"
+    _wait_for(env, "the keeper to stop", lambda: "capture keeper stopped" in keeper_log.read_text())
+    assert stat.S_IMODE(keeper_log.stat().st_mode) == 0o600
+    # Nothing users wrote while the release was aborted is lost by the rollback's restore.
+    with psycopg.connect(env.app_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM messages WHERE body LIKE 'while aborted %'"
+                            ).fetchone() == (4000,)
 
 
 @pytest.mark.parametrize("unattended", ["CI=true", "--yes"])

@@ -16,6 +16,7 @@ replays (replication origin `deployctl`) are left out.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -245,23 +246,13 @@ def _shape(relation: pgoutput.Relation) -> store.ShapeKey:
             tuple(c.name for c in relation.columns if c.type_oid in JSON_TYPES))
 
 
-# One peek of the slot, as it is stored: the messages of the transactions that commit after
-# `collected_to` (a batch resent after a crash is not stored twice), and where the slot may go.
-# Begin ('B'): final LSN at byte 2; Commit ('C'): end LSN at byte 11 (both 8 bytes, big-endian).
+# One peek of the slot: whole transactions' messages, as they are stored.
 _PEEK = """
-    WITH m AS (
-        SELECT data, n, max(CASE WHEN get_byte(data, 0) = 66
-                                 THEN ('x' || encode(substr(data, 2, 8), 'hex'))::bit(64)::bigint
-                            END) OVER (ORDER BY n) AS tx_lsn
-        FROM pg_logical_slot_peek_binary_changes(%(slot)s::name, %(upto)s::pg_lsn, %(batch)s,
-                 'proto_version', '1', 'publication_names', %(slot)s::text)
-             WITH ORDINALITY AS p(l, x, data, n))
-    SELECT count(*), array_agg(data ORDER BY n) FILTER (WHERE tx_lsn > %(after)s::bigint),
-           min(tx_lsn) FILTER (WHERE tx_lsn > %(after)s::bigint), max(tx_lsn),
-           max(CASE WHEN get_byte(data, 0) = 67
-                    THEN ('x' || encode(substr(data, 11, 8), 'hex'))::bit(64)::bigint END)
-    FROM m"""
+    SELECT array_agg(data ORDER BY n)
+    FROM pg_logical_slot_peek_binary_changes(%s::name, %s::pg_lsn, %s,
+             'proto_version', '1', 'publication_names', %s::text) WITH ORDINALITY AS p(l, x, data, n)"""
 RAW_BATCH = 20000
+IN_USE_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -299,6 +290,20 @@ def wal_budget(conn: psycopg.Connection[Any], configured: int) -> int:
     return configured if keep is None else min(configured, keep // 2)
 
 
+def _on_slot(app: psycopg.Connection[Any], query: str, params: Any, binary: bool = False) -> Any:
+    """A query that acquires the slot; a slot another session is reading (an aborted release's
+    capture keeper, which stops once a rollback takes over) is waited for."""
+    deadline = time.monotonic() + IN_USE_WAIT_S
+    while True:
+        try:
+            with app.cursor(binary=binary) as cur:
+                return cur.execute(query, params).fetchone()
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def collect(app: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
             slot: str, upto_lsn: str | None = None) -> int:
     """Store the slot's committed transactions in the journal as raw pgoutput messages, batch by
@@ -309,46 +314,65 @@ def collect(app: psycopg.Connection[Any], state: psycopg.Connection[Any], releas
         row = state.execute("SELECT collected_to FROM deployctl.captures WHERE release_id = %s",
                             (release_id,)).fetchone()
         after = row[0] if row else 0
-        with app.cursor(binary=True) as cur:
-            count, messages, first, last, end_lsn = cur.execute(_PEEK, {
-                "slot": slot, "upto": upto_lsn, "batch": RAW_BATCH, "after": after}).fetchone()  # type: ignore[misc]
-        if not count:
+        # Read up to a known point: a peek that returns less than a batch has read everything
+        # before it, and the slot may go there (past WAL of other databases, such as the
+        # journal's own writes, which it would otherwise read again every time).
+        upto = upto_lsn or str(app.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0])  # type: ignore[index]
+        messages = _on_slot(app, _PEEK, (slot, upto, RAW_BATCH, slot), binary=True)[0] or []
+        count = len(messages)
+        if not messages:
+            _on_slot(app, "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, upto))
             return stored
+        first, last, end_lsn = pgoutput.transaction_bounds(messages)
+        if count < RAW_BATCH:
+            end_lsn = max(end_lsn, pgoutput.parse_lsn(upto))
+        if first <= after:  # resent after a crash between storing and advancing
+            messages = pgoutput.committed_after(messages, after)
         if messages:
             with state.transaction():
                 state.execute(
                     """INSERT INTO deployctl.wal_batches (release_id, end_lsn, start_lsn, messages)
                        VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                    (release_id, end_lsn, first, messages))
+                    (release_id, end_lsn, first, store.pack(messages)))
                 state.execute("UPDATE deployctl.captures SET collected_to = GREATEST(collected_to, %s) "
                               "WHERE release_id = %s", (last, release_id))
             stored += len(messages)
             failpoints.hit("capture", "collected")
         # Only now that the journal has them may the slot forget them.
-        app.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
-                    (slot, pgoutput.format_lsn(end_lsn)))
+        _on_slot(app, "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
+                 (slot, pgoutput.format_lsn(end_lsn)))
         if count < RAW_BATCH:
             return stored
 
 
-def decode(state: psycopg.Connection[Any], release_id: int, snapshot: XidSnapshot) -> store.Drained:
+def decode(state: psycopg.Connection[Any], release_id: int, snapshot: XidSnapshot,
+           stopping: threading.Event | None = None, most: int | None = None) -> store.Drained:
     """Decode the stored batches into changes, each in the shape it was captured in, oldest
-    first; a batch is deleted in the transaction that stores its changes (decoded once)."""
+    first; a batch is deleted in the transaction that stores its changes (decoded once).
+    `stopping` ends it between two batches; `most` limits how many it decodes."""
     total = store.Drained()
-    while True:
+    while not (stopping and stopping.is_set()) and (most is None or total.batches < most):
         with state.transaction():
-            # FOR UPDATE: another process decoding the same release waits for this batch.
-            row = state.execute(
-                """SELECT end_lsn, messages FROM deployctl.wal_batches WHERE release_id = %s
-                   ORDER BY end_lsn LIMIT 1 FOR UPDATE""", (release_id,)).fetchone()
+            # One decoder at a time per release (another thread, another process): each takes
+            # the oldest batch, so batches are decoded in order, which revisions need.
+            state.execute("SELECT pg_advisory_xact_lock(hashtext('deployctl.decode'), %s::int)",
+                          (release_id,))
+            with state.cursor(binary=True) as cur:
+                row = cur.execute(
+                    """SELECT end_lsn, messages FROM deployctl.wal_batches WHERE release_id = %s
+                       ORDER BY end_lsn LIMIT 1""", (release_id,)).fetchone()
             if row is None:
                 return total
             end_lsn, messages = row
-            rows, seen, migrated = _decoded(messages, snapshot, store.current_revision(state, release_id))
-            store.record(state, release_id, rows, seen, end_lsn, migrated)
+            rows, seen, migrated = _decoded(store.unpack(messages), snapshot,
+                                            store.current_revision(state, release_id))
+            seen.batches = 1
+            # Never resent: a batch is stored once (collected_to) and goes with its changes.
+            store.record(state, release_id, rows, seen, end_lsn, migrated, resent=False)
             state.execute("DELETE FROM deployctl.wal_batches WHERE release_id = %s AND end_lsn = %s",
                           (release_id, end_lsn))
         total.add(seen)
+    return total
 
 
 def _decoded(messages: list[bytes], snapshot: XidSnapshot, revision: str | None
@@ -551,23 +575,33 @@ def after_migration(dsn: str, mode: str, schemas: list[str]) -> list[str]:
 
 
 REPORT_EVERY_S = 60.0  # how often a lazy capture tells the WAL its slot holds
+# Continuous capture decodes in the background for at most this share of the time (and at the
+# lowest CPU priority): decoding in Python costs more CPU than the transactions it decodes, and
+# whatever is left is decoded when the delta is needed.
+DECODE_SHARE = 0.1
 
 
 class Worker(threading.Thread):
     """Keeps the capture in hand while the release runs, every `interval` seconds: `lazy` keeps
-    the WAL not yet stored within `budget` bytes (see `wal_budget`); `continuous` drains
-    everything into changes."""
+    the WAL not yet stored within `budget` bytes (see `wal_budget`); `continuous` stores the
+    slot's messages every round and decodes them in a thread of its own, at the lowest CPU
+    priority and for at most DECODE_SHARE of the time unless `nice` is off (a rollback's decoding
+    while the snapshot restores: users are on blue, and the pause waits for it)."""
 
     def __init__(self, app_dsn: str, state_dsn: str, info: CaptureInfo, interval: float = 1.0,
-                 mode: str = "continuous", budget: int = 1 << 30) -> None:
+                 mode: str = "continuous", budget: int = 1 << 30, nice: bool = True) -> None:
         super().__init__(name="deployctl-capture", daemon=True)
         self.app_dsn, self.state_dsn, self.info, self.interval = app_dsn, state_dsn, info, interval
-        self.mode, self.budget = mode, budget
+        self.mode, self.budget, self.nice = mode, budget, nice
         self.stopping = threading.Event()
         self.lost: str | None = None
         self.wal: SlotWal | None = None  # what the slot held at the last look
 
     def run(self) -> None:
+        decoder = None
+        if self.mode == "continuous":
+            decoder = threading.Thread(target=self._decode, name="deployctl-decode", daemon=True)
+            decoder.start()
         app: psycopg.Connection[Any] | None = None
         next_report = time.monotonic() + REPORT_EVERY_S
         while not self.stopping.wait(self.interval):
@@ -575,14 +609,15 @@ class Worker(threading.Thread):
                 if app is None or app.closed:
                     app = psycopg.connect(self.app_dsn, autocommit=True)
                     budget = wal_budget(app, self.budget)
-                if self.mode == "lazy":
-                    self.wal = keep_within(app, self.state_dsn, self.info, budget)
-                    if self.wal is not None and time.monotonic() >= next_report:
-                        next_report = time.monotonic() + REPORT_EVERY_S
-                        log.info("capture", slot_holds=progress.amount(self.wal.held),
-                                 not_yet_stored=progress.amount(self.wal.pending),
-                                 budget=progress.amount(budget))
-                else:
+                if self.mode == "continuous":
+                    budget = 0  # everything, every round
+                self.wal = keep_within(app, self.state_dsn, self.info, budget)
+                if self.wal is not None and time.monotonic() >= next_report:
+                    next_report = time.monotonic() + REPORT_EVERY_S
+                    log.info("capture", slot_holds=progress.amount(self.wal.held),
+                             not_yet_stored=progress.amount(self.wal.pending),
+                             budget=progress.amount(budget))
+                if self.info.mode == "trigger" and self.mode == "continuous":
                     drain_with(app, self.state_dsn, self.info)
             except CaptureLost as exc:
                 self.lost = str(exc)
@@ -594,6 +629,28 @@ class Worker(threading.Thread):
                     app.close()
         if app is not None:
             app.close()
+        if decoder is not None:
+            self.stopping.set()
+            decoder.join()
+
+    def _decode(self) -> None:
+        if self.nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread (Linux)
+            except OSError:
+                pass
+        while not self.stopping.wait(self.interval):
+            try:
+                with psycopg.connect(self.state_dsn, autocommit=True) as state:
+                    while True:
+                        started = time.monotonic()
+                        if not decode(state, self.info.release_id, self.info.snapshot,
+                                      self.stopping, most=1).batches:
+                            break
+                        if self.nice:  # at most DECODE_SHARE of the time: the rest is the users'
+                            self.stopping.wait((time.monotonic() - started) * (1 / DECODE_SHARE - 1))
+            except psycopg.Error as exc:
+                log.warning("decoding the capture failed; retrying", error=str(exc).strip())
 
     def stop(self) -> None:
         self.stopping.set()

@@ -129,6 +129,28 @@ UNCHANGED: Final = Unchanged()
 Value = str | None | Unchanged
 
 
+def transaction_bounds(messages: list[bytes]) -> tuple[int, int, int]:
+    """Of whole transactions' messages (Begin first, Commit last): the first transaction's
+    final LSN, the last one's commit LSN and its end LSN, read without decoding the rest."""
+    first, last = messages[0], messages[-1]
+    if first[:1] != b"B" or last[:1] != b"C":
+        raise DecodeError("messages that do not start with a Begin and end with a Commit")
+    _flags, commit_lsn, end_lsn, _time = _COMMIT.unpack_from(last, 1)
+    return _BEGIN.unpack_from(first, 1)[0], commit_lsn, end_lsn
+
+
+def committed_after(messages: list[bytes], lsn: int) -> list[bytes]:
+    """The messages of the transactions that commit after `lsn`."""
+    kept: list[bytes] = []
+    keep = False
+    for data in messages:
+        if data[:1] == b"B":
+            keep = _BEGIN.unpack_from(data, 1)[0] > lsn
+        if keep:
+            kept.append(data)
+    return kept
+
+
 class DecodeError(ValueError):
     """Input that is not a pgoutput protocol-1 message this decoder understands."""
 
