@@ -6,7 +6,8 @@ updates, deletes over three tables) in transactions of 100, and `capture.drain()
 the journal exactly as a release would. Each round then replays the delta with `replay.apply()`
 into a fresh copy of the seed (the pre-change state) and, interleaved, COPYs the same number of
 rows per table (final images read from the source) into empty copies of those tables, indexes
-included, each in one transaction. Only `replay.apply()` and the COPY are timed.
+included, each in one transaction. Only `replay.apply()` and the COPY are timed; the replay's
+stages are printed apart (`replay_stage_*_s`).
 """
 
 from __future__ import annotations
@@ -86,10 +87,12 @@ def _copy_once(cluster: LocalCluster, payload: dict[str, bytes]) -> float:
 
 
 def _replay_once(cluster: LocalCluster, journal: Journal, release_id: int,
-                 expected: dict[str, str] | None) -> float:
+                 expected: dict[str, str] | None, stages: dict[str, list[float]]) -> float:
     dsn = create_database(cluster, "bench_replay_target", SEED_DB)
     with Stopwatch() as timer:  # from the journal to the target, as a rollback does
         report = replay.apply(journal.conn, release_id, dsn, replay_options())
+    for stage, seconds in report.stages.items():
+        stages.setdefault(stage, []).append(seconds)
     if report.conflicts:
         raise RuntimeError(f"replay into the pre-change state found conflicts: {report.summary()}")
     if expected is not None and _fingerprint(dsn) != expected:
@@ -124,8 +127,10 @@ def run(cluster: LocalCluster, rounds: int) -> None:
         payload = _copy_payload(source, per_table)
         replay_s: list[float] = []
         copy_s: list[float] = []
+        stages: dict[str, list[float]] = {}
         for round_no in range(rounds):
-            replay_s.append(_replay_once(cluster, journal, release_id, expected if round_no == 0 else None))
+            replay_s.append(_replay_once(cluster, journal, release_id, expected if round_no == 0 else None,
+                                         stages))
             copy_s.append(_copy_once(cluster, payload))
             progress(f"round {round_no + 1}/{rounds}: replay {replay_s[-1]:.2f}s, copy {copy_s[-1]:.2f}s")
         finish_release(journal, release_id)
@@ -136,3 +141,7 @@ def run(cluster: LocalCluster, rounds: int) -> None:
     emit("copy_seconds", median(copy_s))
     emit("replay_rows_per_s", CHANGES / median(replay_s))
     emit("replay_vs_copy_ratio", median(replay_s) / median(copy_s))
+    # Where a replay's time goes: the journal's changes copied into the target, mapped from
+    # their shapes, folded per row, typed, classified against the target, written, committed.
+    for stage, seconds in stages.items():
+        emit(f"replay_stage_{stage}_s", median(seconds))

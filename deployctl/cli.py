@@ -274,9 +274,10 @@ def _status_once(release_id: int | None, app: str | None, pb_path: str | None, s
             "lock": lock, "interrupted_swap": swap, "capture": captured}
 
     def text() -> str:
-        out = _result_text(result) + f"\nlive version: {data['live_version'] or 'none'}"
+        out = _result_text(result)
         if captured is not None:
             out += "\n" + _capture_text(captured)
+        out += f"\nlive version: {data['live_version'] or 'none'}"
         if lock["alive"] and "holder" in lock:
             out += f"\nlock: held by {lock['holder']} since {lock['since']:%Y-%m-%d %H:%M:%S}"
         elif result.status in OPEN_STATUSES and not lock["alive"]:

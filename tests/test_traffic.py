@@ -277,7 +277,7 @@ def test_operators_pause_promote_and_abort_a_running_release_from_another_termin
     # Green still runs for a look, until the rollback finishes the job.
     assert env.cli("resume", *state).returncode == 2
     # Meanwhile users write on blue: a keeper holds the slot's WAL within its budget.
-    assert re.search(r"capture_keeper_pid=\d+", out), out
+    assert re.search(r'"capture_keeper_pid": \d+', out), out
     with psycopg.connect(env.app_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO users (name, email) VALUES ('Kept', 'kept@example.com')")
         for _ in range(4):

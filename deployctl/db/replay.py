@@ -30,8 +30,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
@@ -108,6 +110,7 @@ class Report:
     conflicts: list[Conflict] = field(default_factory=list)
     side_effect_rows: int = 0
     reconciliation: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds spent per stage, all tables
 
     @property
     def applied(self) -> int:
@@ -210,6 +213,15 @@ def _mask(table: str, values: dict[str, Any] | None, personal: frozenset[str]) -
 _T, _R, _P, _J = (sql.Identifier(a) for a in ("deployctl_t", "deployctl_r", "deployctl_p", "deployctl_j"))
 
 
+@contextmanager
+def _timed(stages: dict[str, float], stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - started
+
+
 class _Table:
     """Replay of one source table into its target table, inside the caller's transaction."""
 
@@ -256,7 +268,8 @@ class _Table:
         return sql.SQL(", ").join(self._value(c, keep_target) for c in columns)
 
     def load(self, state: psycopg.Connection[Any], release_id: int, sources: list[str],
-             stored_after: int, history: History, target_revision: str | None) -> None:
+             stored_after: int, history: History, target_revision: str | None,
+             stages: dict[str, float]) -> None:
         """The changes of `sources` (the target's own name, or the names it had in the new
         version) from the journal into the target, each mapped from its shape, then folded per
         key into its rows table."""
@@ -279,7 +292,7 @@ class _Table:
         # capture) of only columns the target has. Decided where the delta is, on the way.
         own = sql.SQL("({} IS NOT DISTINCT FROM {})").format(
             history.revision_sql(sql.SQL("c.pos")), sql.Literal(target_revision))
-        with state.cursor().copy(sql.SQL(
+        with _timed(stages, "copy_in"), state.cursor().copy(sql.SQL(
                 "COPY (SELECT c.pos, c.seq, c.op, c.key, c.new, c.old, c.unchanged, "
                 "COALESCE(s.json_columns, '{{}}'), {own}, {own} AND s.columns <@ {cols}::text[] IS TRUE "
                 "FROM deployctl.changes c LEFT JOIN deployctl.shapes s ON s.id = c.shape "
@@ -292,9 +305,11 @@ class _Table:
                 into.write(data)
         mapper = shapes.Mapper(self.target, self.columns, self.pk, self.shape.computed,
                                self.sources, self.expressions)
-        self.report.dropped_columns.update(mapper.map(self.conn, history))
-        fold.carry_into_moved_rows(self.conn, self.ident, self.columns, self.pk)
-        fold.fold(self.conn, self.rows)
+        with _timed(stages, "map"):
+            self.report.dropped_columns.update(mapper.map(self.conn, history))
+        with _timed(stages, "fold"):
+            fold.carry_into_moved_rows(self.conn, self.ident, self.columns, self.pk)
+            fold.fold(self.conn, self.rows)
 
     def stage(self) -> None:
         """The rows' values in the target's types, converted once."""
@@ -485,7 +500,8 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
                         planned.append(table)
             if report.conflicts and options.on_conflict == "fail":
                 raise ReplayConflict(report)
-            _write(conn, planned, options.on_conflict == "overwrite")
+            with _timed(report.stages, "write"):
+                _write(conn, planned, options.on_conflict == "overwrite")
             if not options.dry_run:
                 # setval() is not transactional: only once nothing can undo the replay.
                 for table in planned:
@@ -494,10 +510,11 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
         except BaseException:
             conn.rollback()
             raise
-        if options.dry_run:
-            conn.rollback()
-        else:
-            conn.commit()
+        with _timed(report.stages, "commit"):
+            if options.dry_run:
+                conn.rollback()
+            else:
+                conn.commit()
         if with_origin:  # after the commit: the commit record is what carries the origin
             _session_reset(conn)
     report.side_effect_rows = len(side_effects)
@@ -557,11 +574,13 @@ def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], re
                for col, spec in options.tables.get(source, TableMap()).columns.items()}
     table = _Table(conn, n, schema, target, shape, TableMap(target, columns), table_report,
                    options.json_as_text)
-    table.load(state, release_id, sorted(sources), stored_after, options.history, revision)
-    table.stage()
-    table.classify()
-    table.parents_gone(replayed)
-    return table if _plan(table, report, options) else None
+    table.load(state, release_id, sorted(sources), stored_after, options.history, revision, report.stages)
+    with _timed(report.stages, "type"):
+        table.stage()
+    with _timed(report.stages, "classify"):
+        table.classify()
+        table.parents_gone(replayed)
+        return table if _plan(table, report, options) else None
 
 
 def _plan(table: _Table, report: Report, options: Options) -> bool:
