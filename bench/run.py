@@ -12,12 +12,12 @@ import os
 import sys
 import time
 
-from bench import capture_tps, replay_speed, restore_pause, traffic
+from bench import capture_tps, replay_speed, restore_pause, rollback_big, traffic
 from bench.common import progress, throwaway_cluster
 from deployctl.log import configure
 
 PARTS = {"capture": capture_tps.run, "replay": replay_speed.run, "restore": restore_pause.run,
-         "traffic": traffic.run}
+         "rollback": rollback_big.run, "traffic": traffic.run}
 
 
 def main(argv: list[str] | None = None) -> int:
