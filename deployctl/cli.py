@@ -102,7 +102,10 @@ def _result_text(result: engine.Result) -> str:
             lines.append(f"  {'':<20} {step.get('action', '')}: writes paused {step['pause_ms']} ms, "
                          f"{step.get('replayed', 0)} rows replayed, {step.get('conflicts', 0)} conflicts, "
                          f"{step.get('side_effect_rows', 0)} side-effect rows for reconciliation")
-        if "changes_captured" in step:
+        if step.get("capture") == "discarded":
+            lines.append(f"  {'':<20} the delta was discarded undecoded: the release succeeded "
+                         "(capture.drain: lazy)")
+        elif "changes_captured" in step:
             lines.append(f"  {'':<20} {step['changes_captured']} changes captured (`deployctl delta show "
                          f"{result.release_id}`)")
     lines.append(f"outcome: {result.status}" + (f" ({result.reason})" if result.reason else ""))

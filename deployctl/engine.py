@@ -216,7 +216,7 @@ def _rollback(run: Run, reason: str, capture_stopped: Callable[[], None] | None 
 
 # What a step's summary line carries from its journal detail (the rest is in `deployctl status`).
 SUMMARY_FIELDS = ("duration_s", "error", "action", "pause_ms", "replayed", "conflicts",
-                  "side_effect_rows", "changes_captured")
+                  "side_effect_rows", "changes_captured", "capture")
 
 
 def summarize(journal: Journal, release_id: int) -> Result:

@@ -57,9 +57,10 @@ def step_summary(name: str, d: dict[str, Any]) -> str:
     if name == "rollback.green":
         return "green stopped" if d.get("stopped") else "green was not running"
     if name == "finalize":
+        kept = ("the delta was discarded undecoded (capture.drain: lazy)" if d.get("capture") == "discarded"
+                else f"{d.get('changes_captured', 0)} changes captured")
         return (f"live: {d.get('live_version')}" + (f", stopped {d['stopped_version']}"
-                                                     if d.get("stopped_version") else "")
-                + f"; {d.get('changes_captured', 0)} changes captured")
+                                                     if d.get("stopped_version") else "") + f"; {kept}")
     if name == "rollback.traffic":
         return f"every user on blue; the switch took {d.get('switched_s')} s"
     if name == "rollback.database":

@@ -128,6 +128,7 @@ def test_a_release_that_succeeds_discards_its_lazy_delta_and_keeps_a_continuous_
     assert shown.returncode == 0, shown.stderr
     replayed = env.cli("delta", "replay", "2", "--dry-run", "--state-dsn", env.state_dsn)
     if drain == "lazy":
+        assert "the delta was discarded undecoded: the release succeeded" in done.stdout, done.stdout
         assert row is not None and row[0] == "discarded" and "never decoded" in row[1]
         assert "logical capture, discarded" in shown.stdout
         assert replayed.returncode == 2
