@@ -26,6 +26,8 @@ from deployctl.files import private_dir
 from deployctl.journal import Journal
 from deployctl.log import configure, log
 
+PARENT_EXIT_S = 60.0  # how long the aborting process may take to exit and let go of the lock
+
 
 def log_path(pb: playbook.Playbook, release_id: int) -> Path:
     return pb.workdir / f"{pb.app}-{release_id}-keeper.log"
@@ -64,6 +66,11 @@ def keep(state_dsn: str, release_id: int) -> str:
     with Journal(state_dsn) as journal:
         stored = journal.get(release_id)
         pb = playbook.parse(stored.playbook_text, Path(stored.playbook_path), stored=True)
+        # The aborting process holds the application's lock until it exits, right after
+        # starting this keeper; whoever holds it after that is another deployctl process.
+        deadline = time.monotonic() + PARENT_EXIT_S
+        while journal.lock_holder(pb.app)["alive"] and time.monotonic() < deadline:
+            time.sleep(0.2)
         why = _needed(journal, release_id, pb.app)
         if why:
             return why

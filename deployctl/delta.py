@@ -91,10 +91,38 @@ def drain(journal: Journal, pb: Playbook, release_id: int, conn: psycopg.Connect
         return None
 
 
-def finish(journal: Journal, pb: Playbook, release_id: int, keep: bool = True) -> dict[str, Any]:
-    """Last drain, then drop the slot, publication or triggers (wherever the database went).
-    Without `keep` (a release that succeeded under lazy capture) nothing more is decoded: what
-    the capture holds is discarded with it."""
+def discarded(journal: Journal, release_id: int) -> dict[str, Any]:
+    """What `discard` will do, for the finalize step's detail."""
+    row = journal.capture(release_id)
+    return {"capture": "discarded", "changes_captured": 0} if row and row["status"] == "active" else {}
+
+
+def discard(journal: Journal, release_id: int) -> None:
+    """A release that succeeded under lazy capture: its delta is never decoded. In the journal
+    transaction that records it released; `drop_discarded` drops the slot after."""
+    with journal.transaction():
+        if (row := journal.capture(release_id)) is None or row["status"] != "active":
+            return
+        journal.execute("DELETE FROM deployctl.wal_batches WHERE release_id = %s", (release_id,))
+        journal.set_capture(release_id, "discarded", "the release succeeded: with capture.drain "
+                            "lazy its delta is never decoded")
+
+
+def drop_discarded(journal: Journal, pb: Playbook, release_id: int) -> None:
+    """The slot, publication or triggers of a discarded capture. A failure leaves them to
+    `deployctl cleanup` (preflight names them)."""
+    row = journal.capture(release_id)
+    if row is None or row["status"] != "discarded":
+        return
+    try:
+        capture.stop(pb.database.dsn, row["slot"])
+    except psycopg.Error as exc:
+        log.warning("could not drop the capture of the released version: `deployctl cleanup` "
+                    "drops it", release=release_id, error=redact(str(exc).strip()))
+
+
+def finish(journal: Journal, pb: Playbook, release_id: int) -> dict[str, Any]:
+    """Last drain, then drop the slot, publication or triggers (wherever the database went)."""
     row = journal.capture(release_id)
     if row is None:
         started = journal.capture_objects(release_id)
@@ -109,13 +137,6 @@ def finish(journal: Journal, pb: Playbook, release_id: int, keep: bool = True) -
     swapped = restore.swap_started(pb.database.dsn, release_id)
     failed = restore.names_for(pb.database.dsn, release_id).failed
     where = with_dbname(pb.database.dsn, failed) if swapped else pb.database.dsn
-    if not keep and row["status"] == "active":
-        capture.stop(where, row["slot"])
-        with journal.transaction():
-            journal.execute("DELETE FROM deployctl.wal_batches WHERE release_id = %s", (release_id,))
-            journal.set_capture(release_id, "discarded", "the release succeeded: with capture.drain "
-                                "lazy its delta is never decoded")
-        return {"capture": "discarded", "changes_captured": 0}
     if row["status"] == "active" and not swapped:
         drain(journal, pb, release_id)
     capture.stop(where, row["slot"])

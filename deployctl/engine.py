@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from deployctl import capture_keeper, failpoints
+from deployctl import capture_keeper, delta, failpoints
 from deployctl.cohorts import Aborted, GateBreach, Operator
 from deployctl.db import capture, restore
 from deployctl.errors import (
@@ -167,6 +167,7 @@ def _forward(run: Run) -> str:
                 worker.ensure()
     finally:
         worker.stop()
+    delta.drop_discarded(run.journal, run.pb, run.release_id)
     return "released"
 
 

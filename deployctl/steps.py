@@ -198,12 +198,17 @@ def finalize(run: Run) -> Outcome:
         if versions.stop(blue, run.pb.workdir):
             stopped = blue.version
 
-    captured = delta.finish(run.journal, run.pb, run.release_id,
-                            keep=run.pb.capture.drain == "continuous")
+    # Lazy capture: the delta of a release that succeeds is never needed. It is discarded with
+    # the release's `done` (until then a rollback still has it whole); the slot goes after.
+    lazy = run.pb.capture.drain == "lazy"
+    captured = delta.discarded(run.journal, run.release_id) if lazy else delta.finish(
+        run.journal, run.pb, run.release_id)
 
     def record(journal: Journal) -> None:
         journal.set_live(run.pb.app, run.pb.version, run.release_id)
         journal.set_status(run.release_id, "released")
+        if lazy:
+            delta.discard(journal, run.release_id)
 
     return Outcome({"live_version": run.pb.version, "stopped_version": stopped, **live, **captured}, record)
 

@@ -542,8 +542,9 @@ def keep_within(app: psycopg.Connection[Any], state_dsn: str, info: CaptureInfo,
     assert info.name is not None
     wal = slot_wal(app, info.name)
     if wal.pending > budget:
-        log.info("capture: collecting the slot's WAL into the journal", pending_bytes=wal.pending,
-                 budget_bytes=budget)
+        if budget:  # continuous capture collects every round: only the budget's doing is news
+            log.info("capture: over its budget, the slot's WAL goes into the journal",
+                     pending=progress.amount(wal.pending), budget=progress.amount(budget))
         _session(app)
         with _drain_lock, psycopg.connect(state_dsn, autocommit=True) as state:
             collect(app, state, info.release_id, info.name)
@@ -616,7 +617,7 @@ class Worker(threading.Thread):
                     next_report = time.monotonic() + REPORT_EVERY_S
                     log.info("capture", slot_holds=progress.amount(self.wal.held),
                              not_yet_stored=progress.amount(self.wal.pending),
-                             budget=progress.amount(budget))
+                             **({"budget": progress.amount(budget)} if budget else {}))
                 if self.info.mode == "trigger" and self.mode == "continuous":
                     drain_with(app, self.state_dsn, self.info)
             except CaptureLost as exc:
