@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 import yaml
 
-from bench.common import create_database, emit, progress
+from bench.common import create_database, drop_database, emit, progress
 from deployctl.fleet.routers import Endpoint, Split
 from deployctl.fleet.routers import haproxy as haproxy_router
 from deployctl.localpg import LocalCluster
@@ -194,6 +194,19 @@ def _saturated(cluster: LocalCluster) -> Iterator[None]:
     finally:
         pgbench.terminate()
         pgbench.wait(timeout=30)
+        # What comes next starts on a quiet server: no vacuum of pgbench's tables, no checkpoint
+        # of its WAL to come.
+        drop_database(cluster, "bench_saturate")
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+
+
+def _last_reason(state_dsn: str) -> str:
+    """How the last release ended, as its journal says (the folder with its logs goes)."""
+    with psycopg.connect(state_dsn) as conn:
+        row = conn.execute("SELECT status, reason FROM deployctl.releases "
+                           "ORDER BY id DESC LIMIT 1").fetchone()
+    return f"{row[0]}: {row[1]}" if row else "no release in the journal"
 
 
 def run(cluster: LocalCluster, rounds: int) -> None:
@@ -208,7 +221,8 @@ def run(cluster: LocalCluster, rounds: int) -> None:
             "2", "v2-slow", app_env={"SOCIAL_SLOW": "300"}, gates=GATES,
             cohorts=[{"name": "beta", "percent": 10, "hold": "60s"}]))
         if code != 1:
-            raise RuntimeError(f"the slow version 2 was not rolled back (exit {code}); see {folder}")
+            raise RuntimeError(f"the slow version 2 was not rolled back (exit {code}): "
+                               f"{_last_reason(cluster.dsn('deployctl'))}")
         emit("rollback_requests", load.sent)
         emit("rollback_failed_requests", len(load.failed))
         emit("rollback_traffic_s", _rollback_traffic_s(cluster.dsn("deployctl")))
@@ -218,7 +232,8 @@ def run(cluster: LocalCluster, rounds: int) -> None:
                 "2", "v2-slow-loaded", app_env={"SOCIAL_SLOW": "300"}, gates=GATES,
                 cohorts=[{"name": "beta", "percent": 10, "hold": "60s"}]))
         if code != 1:
-            raise RuntimeError(f"the slow version 2 was not rolled back under load (exit {code})")
+            raise RuntimeError(f"the slow version 2 was not rolled back under load (exit {code}): "
+                               f"{_last_reason(cluster.dsn('deployctl'))}")
         emit("rollback_traffic_s_loaded", _rollback_traffic_s(cluster.dsn("deployctl")))
         progress("version 2, staged: allow-list, 10%, 50%, 100%")
         code, load = stage.release_under_load(stage.playbook(
@@ -228,7 +243,8 @@ def run(cluster: LocalCluster, rounds: int) -> None:
                 {"name": "half", "percent": 50, "hold": "2s"},
                 {"name": "everyone", "percent": 100, "hold": "2s"}]))
         if code != 0:
-            raise RuntimeError(f"the staged release of version 2 failed (exit {code}); see {folder}")
+            raise RuntimeError(f"the staged release of version 2 failed (exit {code}): "
+                               f"{_last_reason(cluster.dsn('deployctl'))}")
         emit("cutover_requests", load.sent)
         emit("cutover_failed_requests", len(load.failed))
         if load.failed or code:
