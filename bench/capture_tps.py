@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import resource
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from bench.common import (
     median,
     new_release,
     open_journal,
+    pgbench,
     progress,
     throwaway_cluster,
 )
@@ -57,11 +57,7 @@ CHANGES_PER_TX = 4  # the TPC-B-like script: three UPDATEs and one INSERT
 
 
 def _pgbench(cluster: LocalCluster, *args: str) -> str:
-    argv = ["pgbench", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", *args, DB]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"pgbench failed: {done.stderr.strip()}")
-    return done.stdout
+    return pgbench(cluster, DB, *args)
 
 
 def _figure(output: str, pattern: str) -> float:

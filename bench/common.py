@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +52,15 @@ def throwaway_cluster(settings: dict[str, str] | None = None) -> Iterator[LocalC
     finally:
         cluster.destroy()
         progress("cluster destroyed")
+
+
+def pgbench(cluster: LocalCluster, db: str, *args: str) -> str:
+    """Run pgbench against `db`; its output, or RuntimeError with its error."""
+    argv = ["pgbench", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", *args, db]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {done.stderr.strip()}")
+    return done.stdout
 
 
 def admin(cluster: LocalCluster) -> psycopg.Connection[Any]:

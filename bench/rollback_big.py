@@ -27,6 +27,7 @@ from bench.common import (
     finish_release,
     new_release,
     open_journal,
+    pgbench,
     progress,
 )
 from deployctl import delta, playbook
@@ -39,13 +40,6 @@ SCALE = int(os.environ.get("BENCH_ROLLBACK_SCALE", "70"))
 CHANGES = 100_000
 CLIENTS = 4
 SOCIAL = Path(__file__).resolve().parent.parent / "examples" / "social"
-
-
-def _pgbench(cluster: LocalCluster, *args: str) -> None:
-    argv = ["pgbench", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", *args, DB]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"pgbench failed: {done.stderr.strip()}")
 
 
 def _restore_alone(cluster: LocalCluster, snapshot_dir: Path) -> float:
@@ -68,7 +62,7 @@ def _playbook(dsn: str, workdir: Path) -> playbook.Playbook:
 def run(cluster: LocalCluster, rounds: int) -> None:
     dsn = create_database(cluster, DB)
     progress(f"pgbench -i -s {SCALE}")
-    _pgbench(cluster, "-i", "-q", "-s", str(SCALE))
+    pgbench(cluster, DB, "-i", "-q", "-s", str(SCALE))
     with open_journal(cluster) as journal, tempfile.TemporaryDirectory(prefix="deployctl-bench-") as tmp:
         folder = Path(tmp)
         pb = _playbook(dsn, folder)
@@ -84,7 +78,7 @@ def run(cluster: LocalCluster, rounds: int) -> None:
         journal.record_snapshot(release_id, str(snapshot_dir), manifest)
         journal.record_capture(release_id, "logical", name, manifest["snapshot"], None)
         progress(f"{CHANGES} changes by pgbench under lazy capture")
-        _pgbench(cluster, "-c", str(CLIENTS), "-j", "2", "-t", str(CHANGES // 4 // CLIENTS))
+        pgbench(cluster, DB, "-c", str(CLIENTS), "-j", "2", "-t", str(CHANGES // 4 // CLIENTS))
         # The step first: WAL a restore writes, wherever, is WAL the release's slot must read.
         progress("the rollback.database step")
         with Stopwatch() as step:

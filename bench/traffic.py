@@ -201,12 +201,25 @@ def _saturated(cluster: LocalCluster) -> Iterator[None]:
             conn.execute("CHECKPOINT")
 
 
-def _last_reason(state_dsn: str) -> str:
-    """How the last release ended, as its journal says (the folder with its logs goes)."""
-    with psycopg.connect(state_dsn) as conn:
+def _expect(stage: Stage, code: int, wanted: int, what: str) -> None:
+    """A release's exit code as the benchmark needs it, else how it ended, as its journal says
+    (the folder with its logs goes)."""
+    if code == wanted:
+        return
+    with psycopg.connect(stage.cluster.dsn("deployctl")) as conn:
         row = conn.execute("SELECT status, reason FROM deployctl.releases "
                            "ORDER BY id DESC LIMIT 1").fetchone()
-    return f"{row[0]}: {row[1]}" if row else "no release in the journal"
+    raise RuntimeError(f"{what} exited {code}, not {wanted}: "
+                       + (f"{row[0]}: {row[1]}" if row else "no release in the journal"))
+
+
+def _slow_release_rolls_back(stage: Stage, name: str) -> Load:
+    """Version 2 answering users slowly under load: the latency gate must roll it back."""
+    code, load = stage.release_under_load(stage.playbook(
+        "2", name, app_env={"SOCIAL_SLOW": "300"}, gates=GATES,
+        cohorts=[{"name": "beta", "percent": 10, "hold": "60s"}]))
+    _expect(stage, code, 1, f"the slow version 2 ({name})")
+    return load
 
 
 def run(cluster: LocalCluster, rounds: int) -> None:
@@ -217,23 +230,13 @@ def run(cluster: LocalCluster, rounds: int) -> None:
         if stage.release(stage.playbook("1", "v1")) != 0:
             raise RuntimeError(f"version 1 did not release; see {folder}")
         progress("version 2, slow for users: the latency gate must roll it back")
-        code, load = stage.release_under_load(stage.playbook(
-            "2", "v2-slow", app_env={"SOCIAL_SLOW": "300"}, gates=GATES,
-            cohorts=[{"name": "beta", "percent": 10, "hold": "60s"}]))
-        if code != 1:
-            raise RuntimeError(f"the slow version 2 was not rolled back (exit {code}): "
-                               f"{_last_reason(cluster.dsn('deployctl'))}")
+        load = _slow_release_rolls_back(stage, "v2-slow")
         emit("rollback_requests", load.sent)
         emit("rollback_failed_requests", len(load.failed))
         emit("rollback_traffic_s", _rollback_traffic_s(cluster.dsn("deployctl")))
         progress("the same while pgbench saturates the database server")
         with _saturated(cluster):
-            code, load = stage.release_under_load(stage.playbook(
-                "2", "v2-slow-loaded", app_env={"SOCIAL_SLOW": "300"}, gates=GATES,
-                cohorts=[{"name": "beta", "percent": 10, "hold": "60s"}]))
-        if code != 1:
-            raise RuntimeError(f"the slow version 2 was not rolled back under load (exit {code}): "
-                               f"{_last_reason(cluster.dsn('deployctl'))}")
+            _slow_release_rolls_back(stage, "v2-slow-loaded")
         emit("rollback_traffic_s_loaded", _rollback_traffic_s(cluster.dsn("deployctl")))
         progress("version 2, staged: allow-list, 10%, 50%, 100%")
         code, load = stage.release_under_load(stage.playbook(
@@ -242,9 +245,7 @@ def run(cluster: LocalCluster, rounds: int) -> None:
                 {"name": "beta", "percent": 10, "hold": "2s"},
                 {"name": "half", "percent": 50, "hold": "2s"},
                 {"name": "everyone", "percent": 100, "hold": "2s"}]))
-        if code != 0:
-            raise RuntimeError(f"the staged release of version 2 failed (exit {code}): "
-                               f"{_last_reason(cluster.dsn('deployctl'))}")
+        _expect(stage, code, 0, "the staged release of version 2")
         emit("cutover_requests", load.sent)
         emit("cutover_failed_requests", len(load.failed))
         if load.failed or code:
