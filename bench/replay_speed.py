@@ -142,6 +142,7 @@ def run(cluster: LocalCluster, rounds: int) -> None:
     emit("replay_rows_per_s", CHANGES / median(replay_s))
     emit("replay_vs_copy_ratio", median(replay_s) / median(copy_s))
     # Where a replay's time goes: the journal's changes copied into the target, mapped from
-    # their shapes, folded per row, typed, classified against the target, written, committed.
+    # their shapes, planned (folded per row, typed and classified against the target, in one
+    # query per table), written, committed.
     for stage, seconds in stages.items():
         emit(f"replay_stage_{stage}_s", median(seconds))

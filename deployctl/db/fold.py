@@ -1,5 +1,5 @@
 """The fold: one table's changes, each mapped to the target's shape already (`replay_mapped`),
-to each row's net effect, computed in the target in one query.
+to each row's net effect, computed in the target by one query (which replay plans from).
 
 An UPDATE that changes the key is a DELETE of the old key and an INSERT of the new one. A row's
 final values merge its changes since the key's last DELETE, in commit order, so a TOASTed value
@@ -19,35 +19,44 @@ WORK_MEM = "64MB"   # the fold sorts in memory
 _NEW_KEY = sql.SQL("(SELECT jsonb_object_agg(k, new ->> k) FROM jsonb_object_keys(key) k)")
 _ORDER = sql.SQL("pos::numeric * 8589934592 + seq * 2")   # (pos, seq) as one number
 
-# One sort serves every window of a key; its first row carries the result.
+# Most keys change once: their one change is their net effect. The others are sorted by key and
+# position, and one sort serves every window: rows with a DELETE after them
+# (`deletes_so_far < deletes`) are not merged, and the first row of each key carries the result.
+# Keys are grouped by their text (three times faster to sort than jsonb; key values are text,
+# so equal keys have equal text).
 _NET = sql.SQL("""
-WITH raw AS (
-    SELECT pos, seq, op, key, new, old,
-           CASE WHEN op = 'update' AND NOT new @> key THEN {new_key} END AS new_key
-    FROM replay_mapped),
-steps AS (
-    SELECT pos, seq, 0 AS part, op, key, new, old FROM raw WHERE new_key IS NULL OR new_key = key
-    UNION ALL
-    SELECT pos, seq, 0, 'delete', key, NULL, old FROM raw WHERE new_key <> key
-    UNION ALL
-    SELECT pos, seq, 1, 'insert', new_key, new, NULL FROM raw WHERE new_key <> key),
-ordered AS (
-    SELECT *, {order} + part AS ord,
-           max(CASE WHEN op = 'delete' THEN {order} + part END) OVER (PARTITION BY key) AS last_delete
-    FROM steps),
-per_key AS (
-    SELECT key, row_number() OVER w AS n, first_value(op) OVER w AS first_op,
-           first_value(old) OVER w AS first_old, last_value(op) OVER w AS last_op,
-           pg_temp.deployctl_merge(new) FILTER (WHERE last_delete IS NULL OR ord > last_delete)
-               OVER w AS merged
-    FROM ordered
-    WINDOW w AS (PARTITION BY key ORDER BY pos, seq, part
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))
-INSERT INTO {into}
-SELECT (row_number() OVER ()) - 1, key, first_op, first_old,
-       CASE WHEN last_op = 'delete' THEN NULL ELSE merged END
-FROM per_key WHERE n = 1
+WITH changed AS (SELECT *, COALESCE(key::text, '') COLLATE "C" AS k FROM replay_mapped),
+     several AS (SELECT k FROM changed GROUP BY k HAVING count(*) > 1)
+SELECT (row_number() OVER ()) - 1 AS id, key AS k, first_op, first_old AS old, final
+FROM (SELECT key, op AS first_op, old AS first_old, CASE WHEN op = 'delete' THEN NULL ELSE new END AS final
+      FROM changed WHERE k NOT IN (SELECT k FROM several)
+      UNION ALL
+      SELECT key, first_op, first_old, CASE WHEN last_op = 'delete' THEN NULL ELSE merged END
+      FROM (SELECT key, row_number() OVER w AS n, first_value(op) OVER w AS first_op,
+                   first_value(old) OVER w AS first_old, last_value(op) OVER w AS last_op,
+                   pg_temp.deployctl_merge(new) FILTER (WHERE deletes_so_far = deletes) OVER w AS merged
+            FROM (SELECT key, k, pos, seq, part, op, old, new,
+                         count(*) FILTER (WHERE op = 'delete')
+                             OVER (PARTITION BY k ORDER BY pos, seq, part ROWS UNBOUNDED PRECEDING)
+                             AS deletes_so_far,
+                         count(*) FILTER (WHERE op = 'delete') OVER (PARTITION BY k) AS deletes
+                  FROM changed WHERE k IN (SELECT k FROM several)) AS ordered
+            WINDOW w AS (PARTITION BY k ORDER BY pos, seq, part
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) AS per_key
+      WHERE n = 1) AS folded
 """)
+
+# An UPDATE that moves a row to another key: an INSERT at the new key (`part` 1), then the
+# update itself becomes the DELETE of the old one.
+_SPLIT = sql.SQL("""
+WITH moved AS (SELECT * FROM (SELECT pos, seq, key, {new_key} AS new_key FROM replay_mapped
+                              WHERE op = 'update' AND NOT new @> key) m WHERE new_key <> key),
+inserted AS (
+    INSERT INTO replay_mapped (pos, seq, part, op, key, new, own, plain)
+    SELECT r.pos, r.seq, 1, 'insert', m.new_key, r.new, r.own, r.plain
+    FROM replay_mapped r JOIN moved m USING (pos, seq))
+UPDATE replay_mapped r SET op = 'delete', new = NULL FROM moved m WHERE (r.pos, r.seq) = (m.pos, m.seq)
+""").format(new_key=_NEW_KEY)
 
 # What the row at `key` held just before (pos, seq): the delta's changes of that key since its
 # last DELETE, and whether the target's row is where the rest comes from (no DELETE before).
@@ -99,10 +108,11 @@ def carry_into_moved_rows(conn: psycopg.Connection[Any], table: sql.Identifier, 
                       (Jsonb({c: v for c, v in before.items() if c in columns}), pos, seq))
 
 
-def fold(conn: psycopg.Connection[Any], into: sql.Identifier) -> None:
-    """`replay_mapped` folded into a new temporary table `into` (id, k, first_op, old, final)."""
-    _merge_aggregate(conn)
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} (id int PRIMARY KEY, k jsonb, first_op text, old jsonb, "
-                         "final jsonb) ON COMMIT DROP").format(into))
+def net(conn: psycopg.Connection[Any], table: sql.Identifier, columns: list[str],
+        pk: list[str]) -> sql.Composable:
+    """A query of `replay_mapped` folded to one row per key (id, k, first_op, old, final), once
+    the updates that move rows are split (and carry what they left out)."""
+    carry_into_moved_rows(conn, table, columns, pk)
     conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
-    conn.execute(_NET.format(new_key=_NEW_KEY, order=_ORDER, into=into))
+    conn.execute(_SPLIT)
+    return _NET

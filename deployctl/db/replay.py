@@ -1,11 +1,11 @@
 """Replay: apply a release's delta to a database, mapped to that database's schema.
 
-Each table's changes are folded, in commit order, into their net effect per row (the row's
-state after its last change, and what it was before its first) by one query in the journal,
-whose result is streamed with COPY into a temporary table beside the target: values never pass
-through Python. `jsonb_populate_record()` turns the captured text into the target's types, and
-one INSERT, UPDATE and DELETE per table apply it. Before anything is written, each row is
-classified against the target:
+Each table's changes are streamed once with COPY from the journal into a temporary table beside
+the target (values never pass through Python), mapped there from the shape they were captured
+in (`shapes`), then planned by one query: folded, in commit order, into their net effect per row
+(`fold`), converted to the target's types (logical capture's text by each type's input, as COPY
+does; trigger capture's JSON by `jsonb_populate_record()`) and classified against the target,
+before anything is written (then one INSERT, UPDATE and DELETE per table apply the plan):
 
 - already applied: the target row already holds the final values (a second replay changes
   nothing, and says so);
@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import set_json_loads
 
 from deployctl import progress
@@ -53,6 +54,7 @@ from deployctl.errors import StepFailed
 Policy = Literal["fail", "skip", "overwrite"]
 MASK = "***"
 UNWRITABLE = "parent_gone"  # a conflict no policy overwrites
+TEMP_BUFFERS = "256MB"       # the replay's temporary tables stay in memory up to this size
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class Target:
     columns: list[str]          # writable columns (generated ones are the target's to compute)
     pk: list[str]
     json: dict[str, str]        # json/jsonb columns and their type
+    types: dict[str, str]       # every writable column's type, as SQL (format_type)
     always_identity: set[str]   # GENERATED ALWAYS AS IDENTITY: never SET by an UPDATE
     computed: set[str]          # generated columns
 
@@ -186,7 +189,7 @@ def _target_shape(conn: psycopg.Connection[Any], schema: str, table: str) -> Tar
     """The target table's shape, or None if it does not exist."""
     rows = conn.execute(
         """SELECT a.attname, COALESCE(a.attnum = ANY(i.indkey), false), a.atttypid::regtype::text,
-                  a.attidentity = 'a', a.attgenerated <> ''
+                  a.attidentity = 'a', a.attgenerated <> '', format_type(a.atttypid, a.atttypmod)
            FROM pg_attribute a
            LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
            WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
@@ -197,7 +200,7 @@ def _target_shape(conn: psycopg.Connection[Any], schema: str, table: str) -> Tar
         return None
     writable = [r for r in rows if not r[4]]
     return Target([r[0] for r in writable], [r[0] for r in writable if r[1]],
-                 {r[0]: r[2] for r in writable if r[2] in ("json", "jsonb")},
+                 {r[0]: r[2] for r in writable if r[2] in ("json", "jsonb")}, {r[0]: r[5] for r in writable},
                  {r[0] for r in writable if r[3]}, {r[0] for r in rows if r[4]})
 
 
@@ -210,7 +213,7 @@ def _mask(table: str, values: dict[str, Any] | None, personal: frozenset[str]) -
 # -- applying ------------------------------------------------------------------------------------
 
 # Aliases of the replay queries: long enough never to be the name of a user's column.
-_T, _R, _P, _J = (sql.Identifier(a) for a in ("deployctl_t", "deployctl_r", "deployctl_p", "deployctl_j"))
+_T, _R, _P, _J, _O = (sql.Identifier(f"deployctl_{a}") for a in ("t", "r", "p", "j", "o"))
 
 
 @contextmanager
@@ -228,10 +231,9 @@ class _Table:
     def __init__(self, conn: psycopg.Connection[Any], n: int, schema: str, target: str, shape: Target,
                  mapping: TableMap, report: TableReport, json_as_text: bool) -> None:
         self.conn, self.schema, self.target = conn, schema, target
-        # This table's rows, typed values and plan, kept in the session until every table's
-        # writes are done (they go in foreign-key order, after every table is planned).
-        self.rows, self.typed, self.plan = (sql.Identifier(f"replay_{part}_{n}")
-                                            for part in ("rows", "typed", "plan"))
+        # This table's plan, kept in the session until every table's writes are done (they go
+        # in foreign-key order, after every table is planned).
+        self.plan = sql.Identifier(f"replay_plan_{n}")
         self.ident = sql.Identifier(schema, target)
         self.shape, self.columns, self.pk = shape, shape.columns, shape.pk
         self.mapping, self.report = mapping, report
@@ -241,53 +243,43 @@ class _Table:
         self.expressions = {col: spec["expr"] for col, spec in mapping.columns.items() if "expr" in spec}
 
     def _key_match(self) -> sql.Composable:
-        """A target row and a typed delta row with the same key."""
+        """A target row and a planned row with the same key."""
         return sql.SQL(" AND ").join(
             sql.SQL("{}.{} = {}.{}").format(_T, sql.Identifier(c), _P, sql.Identifier(c)) for c in self.pk)
 
-    def _typed(self, col: str, image: str) -> sql.Composable:
-        """`col` of the delta row's `image` (final or old) in the target's type; other columns
-        come from jsonb_populate_record() (alias `_J`)."""
-        kind = self.shape.json.get(col)
-        if kind is None:
-            return sql.SQL("{}.{}").format(_J, sql.Identifier(col))
-        # Logical capture keeps json/jsonb values as their exact text; triggers as JSON values.
-        return (sql.SQL("({}.{} ->> {})::{}") if self.json_as_text
-                else sql.SQL("NULLIF({}.{} -> {}, 'null')::{}")).format(
-                    _R, sql.Identifier(image), sql.Literal(col), sql.SQL(kind))  # kind from the catalog
+    def _typed(self, col: str, image: str, record: sql.Identifier) -> sql.Composable:
+        """`col` of the delta row's `image` (k, final or old) in the target's type.
 
-    def _value(self, col: str, keep_target: bool) -> sql.Composable:
-        """The value a row gets for `col`: from the delta, else (updates) the target's own."""
-        value = sql.SQL("{}.{}").format(_P, sql.Identifier(col))
-        if not keep_target:
-            return value
-        return sql.SQL("CASE WHEN {r}.final ? {c} THEN {v} ELSE {t}.{n} END").format(
-            r=_R, c=sql.Literal(col), v=value, t=_T, n=sql.Identifier(col))
+        Logical capture keeps every value as its type's text (pgoutput's): the type's input
+        converts it, as COPY would. Trigger capture keeps JSON values, converted by
+        jsonb_populate_record() of that image (alias `record`), json/jsonb columns as they are.
+        """
+        if self.json_as_text:
+            kind = self.shape.types[col]
+        elif col in self.shape.json:
+            return sql.SQL("NULLIF({}.{} -> {}, 'null')::{}").format(
+                _R, sql.Identifier(image), sql.Literal(col), sql.SQL(self.shape.json[col]))
+        else:
+            return sql.SQL("{}.{}").format(record, sql.Identifier(col))
+        return sql.SQL("({}.{} ->> {})::{}").format(  # the type from the catalog
+            _R, sql.Identifier(image), sql.Literal(col), sql.SQL(kind))
 
-    def _row(self, columns: list[str], keep_target: bool) -> sql.Composable:
-        return sql.SQL(", ").join(self._value(c, keep_target) for c in columns)
+    def _value(self, col: str, value: sql.Composable, final: sql.Composable) -> sql.Composable:
+        """The value an updated row gets for `col`: `value` where the delta's `final` image has
+        the column, else the target's own."""
+        return sql.SQL("CASE WHEN {f} ? {c} THEN {v} ELSE {t}.{n} END").format(
+            f=final, c=sql.Literal(col), v=value, t=_T, n=sql.Identifier(col))
 
     def load(self, state: psycopg.Connection[Any], release_id: int, sources: list[str],
              stored_after: int, history: History, target_revision: str | None,
-             stages: dict[str, float]) -> None:
+             stages: dict[str, float]) -> sql.Composable:
         """The changes of `sources` (the target's own name, or the names it had in the new
-        version) from the journal into the target, each mapped from its shape, then folded per
-        key into its rows table."""
-        where = sql.SQL("c.release_id = {} AND c.stored > {} AND c.schema_name = {} "
-                        "AND c.table_name IN ({})").format(
-            sql.Literal(release_id), sql.Literal(stored_after), sql.Literal(self.schema),
-            sql.SQL(", ").join(map(sql.Literal, sources)))
-        truncated = state.execute(sql.SQL(
-            "SELECT pos, seq FROM deployctl.changes c WHERE {} AND op = 'truncate' "
-            "ORDER BY pos DESC, seq DESC LIMIT 1").format(where)).fetchone()
-        if truncated:  # what came before the last TRUNCATE does not matter
-            self.conn.execute(sql.SQL("TRUNCATE {}").format(self.ident))
-            self.report.truncated = True
-        after = (truncated["pos"], truncated["seq"]) if isinstance(truncated, dict) else truncated or (-1, -1)
+        version) from the journal into the target, each mapped from its shape; the query that
+        folds them per key."""
         self.conn.execute("DROP TABLE IF EXISTS replay_mapped")
         self.conn.execute("CREATE TEMP TABLE replay_mapped (pos bigint, seq int, op text, key jsonb, "
                           "new jsonb, old jsonb, unchanged text[], json_columns text[], own boolean, "
-                          "plain boolean, captured jsonb) ON COMMIT DROP")
+                          "plain boolean, captured jsonb, part int DEFAULT 0) ON COMMIT DROP")
         # `own`: captured at the target's revision; `plain`: and in a shape (known for logical
         # capture) of only columns the target has. Decided where the delta is, on the way.
         own = sql.SQL("({} IS NOT DISTINCT FROM {})").format(
@@ -296,68 +288,80 @@ class _Table:
                 "COPY (SELECT c.pos, c.seq, c.op, c.key, c.new, c.old, c.unchanged, "
                 "COALESCE(s.json_columns, '{{}}'), {own}, {own} AND s.columns <@ {cols}::text[] IS TRUE "
                 "FROM deployctl.changes c LEFT JOIN deployctl.shapes s ON s.id = c.shape "
-                "WHERE {where} AND (c.pos, c.seq) > ({pos}, {seq}) AND c.op <> 'truncate') TO STDOUT").format(
-                    where=where, pos=sql.Literal(after[0]), seq=sql.Literal(after[1]), own=own,
-                    cols=sql.Literal(self.columns))) as out, \
-                self.conn.cursor().copy("COPY replay_mapped (pos, seq, op, key, new, old, unchanged, "
-                                        "json_columns, own, plain) FROM STDIN") as into:
+                "WHERE c.release_id = {release} AND c.stored > {after} AND c.schema_name = {schema} "
+                "AND c.table_name IN ({sources})) TO STDOUT").format(
+                    own=own, cols=sql.Literal(self.columns), release=sql.Literal(release_id),
+                    after=sql.Literal(stored_after), schema=sql.Literal(self.schema),
+                    sources=sql.SQL(", ").join(map(sql.Literal, sources)))) as out, \
+                (cur := self.conn.cursor()).copy(
+                    "COPY replay_mapped (pos, seq, op, key, new, old, unchanged, json_columns, own, plain) "
+                    "FROM STDIN", writer=QueuedLibpqWriter(cur)) as into:  # sends while we read
             for data in out:
                 into.write(data)
+        truncated = self.conn.execute("SELECT pos, seq FROM replay_mapped WHERE op = 'truncate' "
+                                      "ORDER BY pos DESC, seq DESC LIMIT 1").fetchone()
+        if truncated:  # what came before the last TRUNCATE does not matter
+            self.conn.execute("DELETE FROM replay_mapped WHERE (pos, seq) <= (%s, %s)", truncated)
+            self.conn.execute(sql.SQL("TRUNCATE {}").format(self.ident))
+            self.report.truncated = True
         mapper = shapes.Mapper(self.target, self.columns, self.pk, self.shape.computed,
                                self.sources, self.expressions)
         with _timed(stages, "map"):
             self.report.dropped_columns.update(mapper.map(self.conn, history))
-        with _timed(stages, "fold"):
-            fold.carry_into_moved_rows(self.conn, self.ident, self.columns, self.pk)
-            fold.fold(self.conn, self.rows)
+            return fold.net(self.conn, self.ident, self.columns, self.pk)
 
-    def stage(self) -> None:
-        """The rows' values in the target's types, converted once."""
-        typed = sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(self._typed(c, "final"), sql.Identifier(c)) for c in self.columns)
-        self.conn.execute(sql.SQL(
-            "CREATE TEMP TABLE {typed_t} ON COMMIT DROP AS SELECT {r}.id AS deployctl_id, {typed} "
-            "FROM {rows} {r}, "
-            "jsonb_populate_record(NULL::{tbl}, {r}.k || COALESCE({r}.final, '{{}}')) {j}"
-        ).format(r=_R, j=_J, tbl=self.ident, typed=typed, typed_t=self.typed, rows=self.rows))
-        self.conn.execute(sql.SQL("ANALYZE {}").format(self.rows))
-        self.conn.execute(sql.SQL("ANALYZE {}").format(self.typed))
-
-    def _joined(self) -> sql.Composable:
-        """The plan's rows with their delta rows, typed values and target rows."""
-        return sql.SQL("{rows} {r} JOIN {typed} {p} ON {p}.deployctl_id = {r}.id "
-                       "LEFT JOIN {tbl} AS {t} ON {match}").format(
-                           r=_R, p=_P, t=_T, tbl=self.ident, match=self._key_match(), rows=self.rows,
-                           typed=self.typed)
-
-    def classify(self) -> None:
-        """Decide each row's action and conflict, into the plan (see the module's docstring)."""
+    def plan_rows(self, folded: sql.Composable) -> None:
+        """Each row of `folded` (see `fold`) with its values in the target's types, converted
+        once, and its action and conflict against the target (see the module's docstring), into
+        the plan, in one query."""
+        final = sql.SQL("{}.final").format(_R)
+        typed = {c: self._typed(c, "k" if c in self.pk else "final", _J) for c in self.columns}
         target_row = sql.SQL(", ").join(sql.SQL("{}.{}").format(_T, sql.Identifier(c)) for c in self.columns)
+        every = sql.SQL(", ").join(self._value(c, v, final) for c, v in typed.items())
+        old_row = sql.SQL(", ").join(
+            self._typed(c, "old", _O) if c not in self.shape.json and not self.json_as_text else
+            sql.SQL("CASE WHEN {r}.old ? {l} THEN {v} ELSE {t}.{c} END").format(
+                r=_R, l=sql.Literal(c), t=_T, c=sql.Identifier(c), v=self._typed(c, "old", _O))
+            for c in self.columns)
+        columns = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        # OFFSET 0 keeps the inner query whole: each comparison is computed once per row.
         self.conn.execute(sql.SQL(
             """CREATE TEMP TABLE {plan} ON COMMIT DROP AS
-               SELECT id, CASE WHEN deleted THEN CASE WHEN present THEN 'delete' ELSE 'already' END
-                               WHEN present AND same_final THEN 'already'
-                               WHEN present THEN 'update' ELSE 'insert' END AS action,
-                          CASE WHEN deleted
-                               THEN CASE WHEN present AND same_old IS FALSE THEN 'changed_since' END
-                               WHEN present AND same_final THEN NULL
-                               WHEN present AND first_op = 'insert' THEN 'key_exists'
-                               WHEN present AND same_old IS FALSE THEN 'changed_since'
-                               WHEN NOT present AND first_op <> 'insert' THEN 'row_gone' END AS conflict,
-                          target_ctid
-               FROM (SELECT {r}.id, {r}.first_op, {r}.final IS NULL AS deleted,
-                            {t}.ctid IS NOT NULL AS present, {t}.ctid AS target_ctid,
+               SELECT deployctl_id, deployctl_key, deployctl_final, {columns},
+                      CASE WHEN deleted THEN CASE WHEN present THEN 'delete' ELSE 'already' END
+                           WHEN present AND same_final THEN 'already'
+                           WHEN present THEN 'update' ELSE 'insert' END AS deployctl_action,
+                      CASE WHEN deleted
+                           THEN CASE WHEN present AND same_old IS FALSE THEN 'changed_since' END
+                           WHEN present AND same_final THEN NULL
+                           WHEN present AND first_op = 'insert' THEN 'key_exists'
+                           WHEN present AND same_old IS FALSE THEN 'changed_since'
+                           WHEN NOT present AND first_op <> 'insert' THEN 'row_gone'
+                      END AS deployctl_conflict,
+                      deployctl_ctid
+               FROM (SELECT {r}.id AS deployctl_id, {r}.k AS deployctl_key, {r}.final AS deployctl_final,
+                            {typed}, {r}.first_op, {r}.final IS NULL AS deleted,
+                            {t}.ctid IS NOT NULL AS present, {t}.ctid AS deployctl_ctid,
                             CASE WHEN {t}.ctid IS NOT NULL AND {r}.final IS NOT NULL
                                  THEN ROW({target_row})::text = ROW({every})::text END AS same_final,
                             CASE WHEN {t}.ctid IS NOT NULL AND {r}.old IS NOT NULL
                                  THEN ROW({target_row})::text = ROW({old_row})::text END AS same_old
-                     FROM {joined}
-                     LEFT JOIN LATERAL jsonb_populate_record({t}, {r}.old) AS {j} ON {r}.old IS NOT NULL
-                    ) AS classified""").format(
-                r=_R, t=_T, j=_J, joined=self._joined(), target_row=target_row, plan=self.plan,
-                every=self._row(self.columns, keep_target=True), old_row=self._old_row()))
-        self.conn.execute(sql.SQL("CREATE UNIQUE INDEX ON {} (id)").format(self.plan))
-        self.conn.execute(sql.SQL("ANALYZE {}").format(self.plan))
+                     FROM ({folded}) {r} {final_record}
+                     LEFT JOIN {tbl} AS {t} ON {match} {old_record}
+                     OFFSET 0) AS classified""").format(
+                plan=self.plan, columns=columns, r=_R, t=_T, folded=folded, tbl=self.ident,
+                typed=sql.SQL(", ").join(sql.SQL("{} AS {}").format(v, sql.Identifier(c))
+                                         for c, v in typed.items()),
+                match=sql.SQL(" AND ").join(
+                    sql.SQL("{}.{} = {}").format(_T, sql.Identifier(c), typed[c]) for c in self.pk),
+                target_row=target_row, every=every, old_row=old_row,
+                # Trigger capture's JSON values, through jsonb_populate_record() (see `_typed`).
+                final_record=sql.SQL("") if self.json_as_text else sql.SQL(
+                    "CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, {r}.k || COALESCE({r}.final, "
+                    "'{{}}')) {j}").format(tbl=self.ident, r=_R, j=_J),
+                old_record=sql.SQL("") if self.json_as_text else sql.SQL(
+                    "LEFT JOIN LATERAL jsonb_populate_record({t}, {r}.old) AS {o} ON {r}.old IS NOT NULL"
+                ).format(t=_T, r=_R, o=_O)))
 
     def parents_gone(self, replayed: set[tuple[str, str]]) -> None:
         """Rows whose parent (by a foreign key to a table this replay does not write) is not in
@@ -370,12 +374,12 @@ class _Table:
                 continue
             pairs = list(zip(columns, referenced, strict=True))
             self.conn.execute(sql.SQL(
-                "UPDATE {plan} pl SET conflict = {kind} FROM {typed} {p} "
-                "WHERE {p}.deployctl_id = pl.id AND pl.action IN ('insert', 'update') "
-                "AND pl.conflict IS NULL AND {present} AND NOT EXISTS "
+                "UPDATE {plan} {p} SET deployctl_conflict = {kind} "
+                "WHERE {p}.deployctl_action IN ('insert', 'update') "
+                "AND {p}.deployctl_conflict IS NULL AND {present} AND NOT EXISTS "
                 "(SELECT FROM {parent} x WHERE {match})").format(
                     kind=sql.Literal(UNWRITABLE), p=_P, parent=sql.Identifier(parent_schema, parent),
-                    plan=self.plan, typed=self.typed,
+                    plan=self.plan,
                     present=sql.SQL(" AND ").join(
                         sql.SQL("{}.{} IS NOT NULL").format(_P, sql.Identifier(c)) for c, _ in pairs),
                     match=sql.SQL(" AND ").join(
@@ -385,56 +389,54 @@ class _Table:
     def counts(self) -> Counter[tuple[str, str | None]]:
         """How many rows per (action, conflict)."""
         return Counter({(a, c): n for a, c, n in self.conn.execute(sql.SQL(
-            "SELECT action, conflict, count(*) FROM {} GROUP BY 1, 2").format(self.plan)).fetchall()})
+            "SELECT deployctl_action, deployctl_conflict, count(*) FROM {} GROUP BY 1, 2").format(
+                self.plan)).fetchall()})
 
     def conflicts(self) -> list[tuple[str, dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]:
         """Each conflict: kind, key, the delta's final values, the target's row."""
         return self.conn.execute(sql.SQL(
-            "SELECT pl.conflict, {r}.k, {r}.final, to_jsonb({t}) FROM {plan} pl "
-            "JOIN {rows} {r} ON {r}.id = pl.id LEFT JOIN {tbl} AS {t} ON {t}.ctid = pl.target_ctid "
-            "WHERE pl.conflict IS NOT NULL ORDER BY pl.id").format(
-                r=_R, t=_T, tbl=self.ident, plan=self.plan, rows=self.rows)).fetchall()  # type: ignore[return-value]
-
-    def _old_row(self) -> sql.Composable:
-        """The target row as the delta saw it before its first change: the old image over it."""
-        return sql.SQL(", ").join(
-            self._typed(c, "old") if c not in self.shape.json else
-            sql.SQL("CASE WHEN {r}.old ? {l} THEN {v} ELSE {t}.{c} END").format(
-                r=_R, l=sql.Literal(c), t=_T, c=sql.Identifier(c), v=self._typed(c, "old"))
-            for c in self.columns)
+            "SELECT {p}.deployctl_conflict, {p}.deployctl_key, {p}.deployctl_final, to_jsonb({t}) "
+            "FROM {plan} {p} LEFT JOIN {tbl} AS {t} ON {t}.ctid = {p}.deployctl_ctid "
+            "WHERE {p}.deployctl_conflict IS NOT NULL ORDER BY {p}.deployctl_key").format(
+                p=_P, t=_T, tbl=self.ident, plan=self.plan)).fetchall()  # type: ignore[return-value]
 
     def write(self, action: str, overwrite: bool) -> None:
         """Write the planned rows of one action; conflicting ones only if `overwrite`."""
-        planned = sql.SQL("pl.action = {} AND (pl.conflict IS NULL OR ({} AND pl.conflict <> {}))").format(
-            sql.Literal(action), sql.Literal(overwrite), sql.Literal(UNWRITABLE))
-        rows = sql.SQL("{plan} pl JOIN {rows} {r} ON {r}.id = pl.id "
-                       "JOIN {typed} {p} ON {p}.deployctl_id = pl.id").format(
-                           r=_R, p=_P, plan=self.plan, rows=self.rows, typed=self.typed)
+        planned = sql.SQL("{p}.deployctl_action = {a} AND ({p}.deployctl_conflict IS NULL "
+                          "OR ({o} AND {p}.deployctl_conflict <> {u}))").format(
+            p=_P, a=sql.Literal(action), o=sql.Literal(overwrite), u=sql.Literal(UNWRITABLE))
         match = self._key_match()
         if action == "delete":
-            self.conn.execute(sql.SQL("DELETE FROM {tbl} AS {t} USING {rows} WHERE {planned} AND {match}"
-                                      ).format(tbl=self.ident, t=_T, rows=rows, planned=planned, match=match))
+            self.conn.execute(sql.SQL("DELETE FROM {tbl} AS {t} USING {plan} {p} WHERE {planned} AND {match}"
+                                      ).format(tbl=self.ident, t=_T, p=_P, plan=self.plan, planned=planned,
+                                               match=match))
         elif action == "update":
-            settable = [c for c in self.columns if c not in self.shape.always_identity]
+            final = sql.SQL("{}.deployctl_final").format(_P)
             assignments = sql.SQL(", ").join(
-                sql.SQL("{} = {}").format(sql.Identifier(c), self._value(c, keep_target=True))
-                for c in settable)
+                sql.SQL("{} = {}").format(sql.Identifier(c), self._value(
+                    c, sql.SQL("{}.{}").format(_P, sql.Identifier(c)), final))
+                for c in self.columns if c not in self.shape.always_identity)
             self.conn.execute(sql.SQL(
-                "UPDATE {tbl} AS {t} SET {set} FROM {rows} WHERE {planned} AND {match}").format(
-                tbl=self.ident, t=_T, rows=rows, planned=planned, match=match, set=assignments))
+                "UPDATE {tbl} AS {t} SET {set} FROM {plan} {p} WHERE {planned} AND {match}").format(
+                tbl=self.ident, t=_T, p=_P, plan=self.plan, planned=planned, match=match, set=assignments))
         else:
-            # Rows with different column sets insert apart, so absent columns get their defaults.
-            keys = sql.SQL("ARRAY(SELECT jsonb_object_keys({r}.final))").format(r=_R)
-            shapes = self.conn.execute(sql.SQL("SELECT DISTINCT {keys} FROM {rows} WHERE {planned}").format(
-                keys=keys, rows=rows, planned=planned)).fetchall()
-            for (present,) in shapes:
-                cols = [c for c in self.columns if c in present]
+            # Rows with different column sets insert apart, so absent columns get their defaults;
+            # most rows have every column, and go in one statement.
+            complete = sql.SQL("{}.deployctl_final ?& {}::text[]").format(_P, sql.Literal(self.columns))
+            keys = sql.SQL("ARRAY(SELECT jsonb_object_keys({}.deployctl_final))").format(_P)
+            shapes = [(self.columns, complete, ())] + [
+                ([c for c in self.columns if c in present], sql.SQL("NOT {} AND {} = %s::text[]").format(
+                    complete, keys), (present,))
+                for (present,) in self.conn.execute(sql.SQL(
+                    "SELECT DISTINCT {keys} FROM {plan} {p} WHERE {planned} AND NOT {complete}").format(
+                        keys=keys, plan=self.plan, p=_P, planned=planned, complete=complete)).fetchall()]
+            for cols, which, params in shapes:
                 self.conn.execute(sql.SQL(
-                    "INSERT INTO {tbl} ({cols}) OVERRIDING SYSTEM VALUE SELECT {row} FROM {rows} "
-                    "WHERE {planned} AND {keys} = %s::text[]").format(
+                    "INSERT INTO {tbl} ({cols}) OVERRIDING SYSTEM VALUE SELECT {row} FROM {plan} {p} "
+                    "WHERE {planned} AND {which}").format(
                         tbl=self.ident, cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                        row=self._row(cols, keep_target=False), rows=rows, planned=planned, keys=keys),
-                    (present,))
+                        row=sql.SQL(", ").join(sql.SQL("{}.{}").format(_P, sql.Identifier(c)) for c in cols),
+                        plan=self.plan, p=_P, planned=planned, which=which), params)
 
     def fix_sequences(self) -> None:
         for col, seq in self.conn.execute(
@@ -451,8 +453,11 @@ class _Table:
 
 
 def _session_setup(conn: psycopg.Connection[Any]) -> bool:
-    """Replication origin `deployctl`, where this role may set one (a superuser): a logical
-    capture running on the target then leaves the replay out. Whether it was set."""
+    """The session's settings for a few large set-wise queries: no JIT (compiling them costs more
+    than running them) and the temporary tables kept in memory. Then replication origin
+    `deployctl`, where this role may set one (a superuser): a logical capture running on the
+    target then leaves the replay out. Whether it was set."""
+    conn.execute(f"SET jit = off; SET temp_buffers = '{TEMP_BUFFERS}'")
     row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     if not row or not row[0]:
         return False
@@ -574,11 +579,10 @@ def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], re
                for col, spec in options.tables.get(source, TableMap()).columns.items()}
     table = _Table(conn, n, schema, target, shape, TableMap(target, columns), table_report,
                    options.json_as_text)
-    table.load(state, release_id, sorted(sources), stored_after, options.history, revision, report.stages)
-    with _timed(report.stages, "type"):
-        table.stage()
-    with _timed(report.stages, "classify"):
-        table.classify()
+    folded = table.load(state, release_id, sorted(sources), stored_after, options.history, revision,
+                        report.stages)
+    with _timed(report.stages, "plan"):
+        table.plan_rows(folded)
         table.parents_gone(replayed)
         return table if _plan(table, report, options) else None
 

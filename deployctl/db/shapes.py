@@ -152,7 +152,7 @@ class Mapper:
                                n=sql.Literal(len(self.pk)), i=sql.Identifier(image), pk=pk)
         conn.execute(sql.SQL(
             "UPDATE replay_mapped m SET key = COALESCE({}, {}, {}) "
-            "WHERE m.old IS NOT NULL OR m.key IS NULL OR NOT m.key ?& {pk} OR m.key - {pk} <> '{{}}'"
+            "WHERE m.old IS NOT NULL OR m.key IS NULL OR NOT m.key ?& {pk} OR m.key - {pk}::text[] <> '{{}}'"
         ).format(key_of("old"), key_of("key"), key_of("new"), pk=pk))
         known = sql.Literal(sorted(set(self.columns) | self.computed))
         consumed = sql.Literal(sorted(self._consumed()))
