@@ -22,26 +22,25 @@ _ORDER = sql.SQL("pos::numeric * 8589934592 + seq * 2")   # (pos, seq) as one nu
 # Most keys change once: their one change is their net effect. The others are sorted by key and
 # position, and one sort serves every window: rows with a DELETE after them
 # (`deletes_so_far < deletes`) are not merged, and the first row of each key carries the result.
-# Keys are grouped by their text (three times faster to sort than jsonb; key values are text,
-# so equal keys have equal text).
+# Keys are grouped by their text `key_text` (three times faster to sort than jsonb; key values are
+# text, so equal keys have equal text).
 _NET = sql.SQL("""
-WITH changed AS (SELECT *, COALESCE(key::text, '') COLLATE "C" AS k FROM replay_mapped),
-     several AS (SELECT k FROM changed GROUP BY k HAVING count(*) > 1)
+WITH several AS (SELECT key_text FROM replay_mapped GROUP BY key_text HAVING count(*) > 1)
 SELECT (row_number() OVER ()) - 1 AS id, key AS k, first_op, first_old AS old, final
 FROM (SELECT key, op AS first_op, old AS first_old, CASE WHEN op = 'delete' THEN NULL ELSE new END AS final
-      FROM changed WHERE k NOT IN (SELECT k FROM several)
+      FROM replay_mapped WHERE key_text NOT IN (SELECT key_text FROM several)
       UNION ALL
       SELECT key, first_op, first_old, CASE WHEN last_op = 'delete' THEN NULL ELSE merged END
       FROM (SELECT key, row_number() OVER w AS n, first_value(op) OVER w AS first_op,
                    first_value(old) OVER w AS first_old, last_value(op) OVER w AS last_op,
                    pg_temp.deployctl_merge(new) FILTER (WHERE deletes_so_far = deletes) OVER w AS merged
-            FROM (SELECT key, k, pos, seq, part, op, old, new,
+            FROM (SELECT key, key_text, pos, seq, part, op, old, new,
                          count(*) FILTER (WHERE op = 'delete')
-                             OVER (PARTITION BY k ORDER BY pos, seq, part ROWS UNBOUNDED PRECEDING)
+                             OVER (PARTITION BY key_text ORDER BY pos, seq, part ROWS UNBOUNDED PRECEDING)
                              AS deletes_so_far,
-                         count(*) FILTER (WHERE op = 'delete') OVER (PARTITION BY k) AS deletes
-                  FROM changed WHERE k IN (SELECT k FROM several)) AS ordered
-            WINDOW w AS (PARTITION BY k ORDER BY pos, seq, part
+                         count(*) FILTER (WHERE op = 'delete') OVER (PARTITION BY key_text) AS deletes
+                  FROM replay_mapped WHERE key_text IN (SELECT key_text FROM several)) AS ordered
+            WINDOW w AS (PARTITION BY key_text ORDER BY pos, seq, part
                          ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) AS per_key
       WHERE n = 1) AS folded
 """)

@@ -42,7 +42,6 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import set_json_loads
 
 from deployctl import progress
@@ -279,7 +278,10 @@ class _Table:
         self.conn.execute("DROP TABLE IF EXISTS replay_mapped")
         self.conn.execute("CREATE TEMP TABLE replay_mapped (pos bigint, seq int, op text, key jsonb, "
                           "new jsonb, old jsonb, unchanged text[], json_columns text[], own boolean, "
-                          "plain boolean, captured jsonb, part int DEFAULT 0) ON COMMIT DROP")
+                          "plain boolean, captured jsonb, part int DEFAULT 0, "
+                          # Keys are grouped by their text (see `fold`), kept up to date here.
+                          "key_text text COLLATE \"C\" GENERATED ALWAYS AS (COALESCE(key::text, '')) STORED"
+                          ") ON COMMIT DROP")
         # `own`: captured at the target's revision; `plain`: and in a shape (known for logical
         # capture) of only columns the target has. Decided where the delta is, on the way.
         own = sql.SQL("({} IS NOT DISTINCT FROM {})").format(
@@ -293,9 +295,8 @@ class _Table:
                     own=own, cols=sql.Literal(self.columns), release=sql.Literal(release_id),
                     after=sql.Literal(stored_after), schema=sql.Literal(self.schema),
                     sources=sql.SQL(", ").join(map(sql.Literal, sources)))) as out, \
-                (cur := self.conn.cursor()).copy(
-                    "COPY replay_mapped (pos, seq, op, key, new, old, unchanged, json_columns, own, plain) "
-                    "FROM STDIN", writer=QueuedLibpqWriter(cur)) as into:  # sends while we read
+                self.conn.cursor().copy("COPY replay_mapped (pos, seq, op, key, new, old, unchanged, "
+                                        "json_columns, own, plain) FROM STDIN") as into:
             for data in out:
                 into.write(data)
         truncated = self.conn.execute("SELECT pos, seq FROM replay_mapped WHERE op = 'truncate' "
@@ -324,7 +325,8 @@ class _Table:
                 r=_R, l=sql.Literal(c), t=_T, c=sql.Identifier(c), v=self._typed(c, "old", _O))
             for c in self.columns)
         columns = sql.SQL(", ").join(map(sql.Identifier, self.columns))
-        # OFFSET 0 keeps the inner query whole: each comparison is computed once per row.
+        # Rows compare by their values' binary images (`*=`: equal images, equal text; json has
+        # no `=`). OFFSET 0 keeps the inner query whole: each comparison is computed once per row.
         self.conn.execute(sql.SQL(
             """CREATE TEMP TABLE {plan} ON COMMIT DROP AS
                SELECT deployctl_id, deployctl_key, deployctl_final, {columns},
@@ -343,9 +345,9 @@ class _Table:
                             {typed}, {r}.first_op, {r}.final IS NULL AS deleted,
                             {t}.ctid IS NOT NULL AS present, {t}.ctid AS deployctl_ctid,
                             CASE WHEN {t}.ctid IS NOT NULL AND {r}.final IS NOT NULL
-                                 THEN ROW({target_row})::text = ROW({every})::text END AS same_final,
+                                 THEN ROW({target_row})::record *= ROW({every})::record END AS same_final,
                             CASE WHEN {t}.ctid IS NOT NULL AND {r}.old IS NOT NULL
-                                 THEN ROW({target_row})::text = ROW({old_row})::text END AS same_old
+                                 THEN ROW({target_row})::record *= ROW({old_row})::record END AS same_old
                      FROM ({folded}) {r} {final_record}
                      LEFT JOIN {tbl} AS {t} ON {match} {old_record}
                      OFFSET 0) AS classified""").format(
