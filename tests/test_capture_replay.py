@@ -825,11 +825,14 @@ def test_generated_columns_are_left_for_the_target_to_compute(world: Env, journa
 
 
 def test_columns_named_like_the_aliases_of_replay_queries_replay(world: Env, journal: Journal) -> None:
-    execute(world.app_dsn, "CREATE TABLE plain (id int PRIMARY KEY, t text, r text, p text, kp text)",
-            "INSERT INTO plain VALUES (1, 't', 'r', 'p', 'kp')")
+    # Aliases of the replay's queries, and names its plan and fold give their own values.
+    execute(world.app_dsn, "CREATE TABLE plain (id int PRIMARY KEY, t text, r text, p text, kp text, "
+                           "deleted bool, present bool, action text, conflict text, final text, old text)",
+            "INSERT INTO plain VALUES (1, 't', 'r', 'p', 'kp', false, true, 'a', 'c', 'f', 'o')")
     run = start_capture(world, journal)
-    execute(world.app_dsn, "INSERT INTO plain VALUES (2, 'a', 'b', 'c', 'd')",
-            "UPDATE plain SET t = 'T' WHERE id = 1")
+    execute(world.app_dsn, "INSERT INTO plain VALUES (2, 'a', 'b', 'c', 'd', true, false, 'x', 'y', 'z', 'w')",
+            "UPDATE plain SET t = 'T', deleted = true WHERE id = 1",
+            "UPDATE plain SET present = false, final = 'F' WHERE id = 1")
     drain(run)
     target = restored(run)
     replay_all(run, target)

@@ -327,27 +327,30 @@ class _Table:
         columns = sql.SQL(", ").join(map(sql.Identifier, self.columns))
         # Rows compare by their values' binary images (`*=`: equal images, equal text; json has
         # no `=`). OFFSET 0 keeps the inner query whole: each comparison is computed once per row.
+        # Its own columns are prefixed: they sit beside the application's.
         self.conn.execute(sql.SQL(
             """CREATE TEMP TABLE {plan} ON COMMIT DROP AS
                SELECT deployctl_id, deployctl_key, deployctl_final, {columns},
-                      CASE WHEN deleted THEN CASE WHEN present THEN 'delete' ELSE 'already' END
-                           WHEN present AND same_final THEN 'already'
-                           WHEN present THEN 'update' ELSE 'insert' END AS deployctl_action,
-                      CASE WHEN deleted
-                           THEN CASE WHEN present AND same_old IS FALSE THEN 'changed_since' END
-                           WHEN present AND same_final THEN NULL
-                           WHEN present AND first_op = 'insert' THEN 'key_exists'
-                           WHEN present AND same_old IS FALSE THEN 'changed_since'
-                           WHEN NOT present AND first_op <> 'insert' THEN 'row_gone'
+                      CASE WHEN deployctl_gone THEN CASE WHEN deployctl_there THEN 'delete' ELSE 'already' END
+                           WHEN deployctl_there AND deployctl_same THEN 'already'
+                           WHEN deployctl_there THEN 'update' ELSE 'insert' END AS deployctl_action,
+                      CASE WHEN deployctl_gone
+                           THEN CASE WHEN deployctl_there AND deployctl_same_old IS FALSE
+                                     THEN 'changed_since' END
+                           WHEN deployctl_there AND deployctl_same THEN NULL
+                           WHEN deployctl_there AND deployctl_first_op = 'insert' THEN 'key_exists'
+                           WHEN deployctl_there AND deployctl_same_old IS FALSE THEN 'changed_since'
+                           WHEN NOT deployctl_there AND deployctl_first_op <> 'insert' THEN 'row_gone'
                       END AS deployctl_conflict,
                       deployctl_ctid
                FROM (SELECT {r}.id AS deployctl_id, {r}.k AS deployctl_key, {r}.final AS deployctl_final,
-                            {typed}, {r}.first_op, {r}.final IS NULL AS deleted,
-                            {t}.ctid IS NOT NULL AS present, {t}.ctid AS deployctl_ctid,
+                            {typed}, {r}.first_op AS deployctl_first_op, {r}.final IS NULL AS deployctl_gone,
+                            {t}.ctid IS NOT NULL AS deployctl_there, {t}.ctid AS deployctl_ctid,
                             CASE WHEN {t}.ctid IS NOT NULL AND {r}.final IS NOT NULL
-                                 THEN ROW({target_row})::record *= ROW({every})::record END AS same_final,
+                                 THEN ROW({target_row})::record *= ROW({every})::record END AS deployctl_same,
                             CASE WHEN {t}.ctid IS NOT NULL AND {r}.old IS NOT NULL
-                                 THEN ROW({target_row})::record *= ROW({old_row})::record END AS same_old
+                                 THEN ROW({target_row})::record *= ROW({old_row})::record
+                            END AS deployctl_same_old
                      FROM ({folded}) {r} {final_record}
                      LEFT JOIN {tbl} AS {t} ON {match} {old_record}
                      OFFSET 0) AS classified""").format(
