@@ -15,6 +15,7 @@ replays (replication origin `deployctl`) are left out.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -239,6 +240,7 @@ def _rows_of(tx: pgoutput.Transaction) -> Iterator[tuple[Any, ...]]:
 
 JSON_TYPES = (114, 3802)  # json, jsonb
 
+@functools.lru_cache(maxsize=1024)  # one per relation message: computed once, not per change
 def _shape(relation: pgoutput.Relation) -> store.ShapeKey:
     """The shape a change was captured in: its table's columns, and which hold JSON (logical
     capture keeps those as text, so that replay can read them as JSON where it must)."""

@@ -6,10 +6,12 @@ journal ignores a change it already has.
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -59,6 +61,36 @@ def jsonb(value: dict[str, Any] | None) -> Jsonb | None:
     return Jsonb(value) if value is not None else None
 
 
+# COPY's text format, written here rather than field by field through psycopg's adapters: a
+# drain is mostly this (a change's fields are ints, text, a timestamp, JSON and a text array).
+NULL = "\\N"
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _escaped(value: str) -> str:
+    """`value` in COPY's text format (replace() where needed: several times faster than translate())."""
+    if "\\" in value:
+        value = value.replace("\\", "\\\\")
+    if "\t" in value or "\n" in value or "\r" in value:
+        value = value.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _copy_text(value: Any) -> str:
+    """One field of a change as COPY text."""
+    if value is None:
+        return NULL
+    if isinstance(value, Jsonb):
+        value = _json(value.obj)
+    elif isinstance(value, list):  # a text[] literal, every element quoted
+        value = "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in value) + "}"
+    elif isinstance(value, datetime):
+        return value.isoformat()
+    elif not isinstance(value, str):
+        return str(value)  # an integer
+    return _escaped(value)
+
+
 def _shape_ids(state: psycopg.Connection[Any], release_id: int, keys: set[ShapeKey]) -> dict[ShapeKey, int]:
     ids = {}
     for key in keys:
@@ -88,10 +120,12 @@ def _store(state: psycopg.Connection[Any], release_id: int, rows: list[tuple[Any
                ON COMMIT DELETE ROWS""")
     shapes = _shape_ids(state, release_id, {row[-1] for row in rows if row[-1] is not None})
     into = sql.Identifier("incoming") if resent else sql.Identifier("deployctl", "changes")
+    prefix = f"{release_id}\t"
+    data = "".join(prefix + "\t".join(map(_copy_text, row[:-1])) + f"\t{shapes.get(row[-1], NULL)}\n"
+                   for row in rows)
     with state.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
             into, sql.SQL(", ").join(map(sql.Identifier, columns)))) as copy:
-        for row in rows:
-            copy.write_row((release_id, *row[:-1], shapes.get(row[-1])))
+        copy.write(data.encode(state.info.encoding))
     if not resent:
         return len(rows)
     cur = state.execute("INSERT INTO deployctl.changes SELECT * FROM incoming ON CONFLICT DO NOTHING")
