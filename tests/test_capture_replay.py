@@ -830,7 +830,8 @@ def test_columns_named_like_the_aliases_of_replay_queries_replay(world: Env, jou
                            "deleted bool, present bool, action text, conflict text, final text, old text)",
             "INSERT INTO plain VALUES (1, 't', 'r', 'p', 'kp', false, true, 'a', 'c', 'f', 'o')")
     run = start_capture(world, journal)
-    execute(world.app_dsn, "INSERT INTO plain VALUES (2, 'a', 'b', 'c', 'd', true, false, 'x', 'y', 'z', 'w')",
+    execute(world.app_dsn,
+            "INSERT INTO plain VALUES (2, 'a', 'b', 'c', 'd', true, false, 'x', 'y', 'z', 'w')",
             "UPDATE plain SET t = 'T', deleted = true WHERE id = 1",
             "UPDATE plain SET present = false, final = 'F' WHERE id = 1")
     drain(run)

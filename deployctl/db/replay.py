@@ -306,7 +306,7 @@ class _Table:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(self.ident))
             self.report.truncated = True
         mapper = shapes.Mapper(self.target, self.columns, self.pk, self.shape.computed,
-                               self.sources, self.expressions)
+                               self.sources, self.expressions, set(self.shape.json))
         with _timed(stages, "map"):
             self.report.dropped_columns.update(mapper.map(self.conn, history))
             return fold.net(self.conn, self.ident, self.columns, self.pk)

@@ -86,6 +86,7 @@ class Mapper:
     computed: set[str]                   # the target's generated columns: it computes them
     sources: dict[str, str] = field(default_factory=dict)       # column: from
     expressions: dict[str, str] = field(default_factory=dict)   # column: expr over `new`
+    json: set[str] = field(default_factory=set)                 # the target's json/jsonb columns
 
     def _consumed(self) -> set[str]:
         """Columns of a newer shape that a mapping reads (an expression's `new->>'x'`)."""
@@ -111,14 +112,17 @@ class Mapper:
                     i=img, s=sql.Literal(src), c=sql.Literal(col)))
         for col, expr in expressions.items():
             # Playbook expressions see the row as jsonb `new` (the image being mapped), its
-            # JSON columns as JSON whatever the capture kept them as.
+            # JSON columns as JSON whatever the capture kept them as. What they give a column
+            # that is not JSON is kept as its text, like a captured value: the column's type
+            # reads it back (an array's text, not the JSON array to_jsonb() would make of it).
             parts.append(sql.SQL(
                 "CASE WHEN {i} ? {c} AND NOT {head} THEN jsonb_build_object({c}, {i} -> {c}) "
                 "WHEN {c} = ANY(r.unchanged) THEN '{{}}' "
-                "ELSE jsonb_build_object({c}, (SELECT ({e}) FROM (SELECT {i} || COALESCE("
+                "ELSE jsonb_build_object({c}, (SELECT ({e}){as_text} FROM (SELECT {i} || COALESCE("
                 "(SELECT jsonb_object_agg(j, ({i} ->> j)::jsonb) FROM unnest(r.json_columns) j "
                 "WHERE {i} ->> j IS NOT NULL), '{{}}') AS new) s)) END").format(
-                    i=img, c=sql.Literal(col), head=head, e=sql.SQL(expr)))  # type: ignore[arg-type]
+                    i=img, c=sql.Literal(col), head=head, e=sql.SQL(expr),  # type: ignore[arg-type]
+                    as_text=sql.SQL("") if col in self.json else sql.SQL("::text")))
         return sql.SQL(" || ").join(parts)
 
     def _own(self, image: str) -> sql.Composable:
