@@ -82,9 +82,10 @@ def _merge_aggregate(conn: psycopg.Connection[Any]) -> None:
 
 
 def carry_into_moved_rows(conn: psycopg.Connection[Any], table: sql.Identifier, columns: list[str],
-                          pk: list[str]) -> None:
+                          pk: list[str], json: set[str]) -> None:
     """Fill in the columns a key-moving update left out, from its old key. Rare: one query per
-    such row, in commit order (a row moved twice carries what its first move brought)."""
+    such row, in commit order (a row moved twice carries what its first move brought). Values
+    taken from the target's row are their text, as captured ones are (`json` columns: JSON)."""
     _merge_aggregate(conn)
     moved = conn.execute(sql.SQL(
         "SELECT pos, seq, key FROM replay_mapped WHERE op = 'update' AND NOT new @> key "
@@ -98,20 +99,25 @@ def carry_into_moved_rows(conn: psycopg.Connection[Any], table: sql.Identifier, 
             _BEFORE_MOVE, {"pos": pos, "seq": seq, "key": Jsonb(key)}).fetchone()  # type: ignore[misc]
         before = merged or {}
         if from_target:
+            texts = [c for c in columns if c not in json]
             row = conn.execute(sql.SQL(
-                "SELECT to_jsonb(deployctl_t) FROM {tbl} AS deployctl_t, "
-                "jsonb_populate_record(NULL::{tbl}, %s) deployctl_k "
-                "WHERE {match}").format(tbl=table, match=key_match), (Jsonb(key),)).fetchone()
+                "SELECT to_jsonb(deployctl_t) || jsonb_object({names}::text[], ARRAY[{values}]::text[]) "
+                "FROM {tbl} AS deployctl_t, jsonb_populate_record(NULL::{tbl}, %s) deployctl_k "
+                "WHERE {match}").format(
+                    tbl=table, match=key_match, names=sql.Literal(texts),
+                    values=sql.SQL(", ").join(
+                        sql.SQL("deployctl_t.{}::text").format(sql.Identifier(c)) for c in texts)),
+                (Jsonb(key),)).fetchone()
             before = {**(row[0] if row else {}), **before}
         conn.execute("UPDATE replay_mapped SET new = %s || new WHERE pos = %s AND seq = %s",
                       (Jsonb({c: v for c, v in before.items() if c in columns}), pos, seq))
 
 
 def net(conn: psycopg.Connection[Any], table: sql.Identifier, columns: list[str],
-        pk: list[str]) -> sql.Composable:
+        pk: list[str], json: set[str]) -> sql.Composable:
     """A query of `replay_mapped` folded to one row per key (id, k, first_op, old, final), once
     the updates that move rows are split (and carry what they left out)."""
-    carry_into_moved_rows(conn, table, columns, pk)
+    carry_into_moved_rows(conn, table, columns, pk, json)
     conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
     conn.execute(_SPLIT)
     return _NET

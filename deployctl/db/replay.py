@@ -309,7 +309,7 @@ class _Table:
                                self.sources, self.expressions, set(self.shape.json))
         with _timed(stages, "map"):
             self.report.dropped_columns.update(mapper.map(self.conn, history))
-            return fold.net(self.conn, self.ident, self.columns, self.pk)
+            return fold.net(self.conn, self.ident, self.columns, self.pk, set(self.shape.json))
 
     def plan_rows(self, folded: sql.Composable) -> None:
         """Each row of `folded` (see `fold`) with its values in the target's types, converted
