@@ -26,7 +26,7 @@ _ORDER = sql.SQL("pos::numeric * 8589934592 + seq * 2")   # (pos, seq) as one nu
 # text, so equal keys have equal text).
 _NET = sql.SQL("""
 WITH several AS (SELECT key_text FROM replay_mapped GROUP BY key_text HAVING count(*) > 1)
-SELECT (row_number() OVER ()) - 1 AS id, key AS k, first_op, first_old AS old, final
+SELECT key AS k, first_op, first_old AS old, final
 FROM (SELECT key, op AS first_op, old AS first_old, CASE WHEN op = 'delete' THEN NULL ELSE new END AS final
       FROM replay_mapped WHERE key_text NOT IN (SELECT key_text FROM several)
       UNION ALL
@@ -115,7 +115,7 @@ def carry_into_moved_rows(conn: psycopg.Connection[Any], table: sql.Identifier, 
 
 def net(conn: psycopg.Connection[Any], table: sql.Identifier, columns: list[str],
         pk: list[str], json: set[str]) -> sql.Composable:
-    """A query of `replay_mapped` folded to one row per key (id, k, first_op, old, final), once
+    """A query of `replay_mapped` folded to one row per key (k, first_op, old, final), once
     the updates that move rows are split (and carry what they left out)."""
     carry_into_moved_rows(conn, table, columns, pk, json)
     conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")

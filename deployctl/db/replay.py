@@ -330,7 +330,7 @@ class _Table:
         # Its own columns are prefixed: they sit beside the application's.
         self.conn.execute(sql.SQL(
             """CREATE TEMP TABLE {plan} ON COMMIT DROP AS
-               SELECT deployctl_id, deployctl_key, deployctl_final, {columns},
+               SELECT deployctl_key, deployctl_final, {columns},
                       CASE WHEN deployctl_gone THEN CASE WHEN deployctl_there THEN 'delete' ELSE 'already' END
                            WHEN deployctl_there AND deployctl_same THEN 'already'
                            WHEN deployctl_there THEN 'update' ELSE 'insert' END AS deployctl_action,
@@ -343,7 +343,7 @@ class _Table:
                            WHEN NOT deployctl_there AND deployctl_first_op <> 'insert' THEN 'row_gone'
                       END AS deployctl_conflict,
                       deployctl_ctid
-               FROM (SELECT {r}.id AS deployctl_id, {r}.k AS deployctl_key, {r}.final AS deployctl_final,
+               FROM (SELECT {r}.k AS deployctl_key, {r}.final AS deployctl_final,
                             {typed}, {r}.first_op AS deployctl_first_op, {r}.final IS NULL AS deployctl_gone,
                             {t}.ctid IS NOT NULL AS deployctl_there, {t}.ctid AS deployctl_ctid,
                             CASE WHEN {t}.ctid IS NOT NULL AND {r}.final IS NOT NULL
