@@ -1,7 +1,7 @@
 """The journal: releases, their step events, snapshots and the per-application lock.
 
 It lives in the state database (`database.state_dsn`, default: database `deployctl` on the
-application's server), which is created on first use from sql/state.sql.
+application's server), which is created on first use from deployctl/sql/state.sql.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import psycopg
@@ -28,7 +28,7 @@ from deployctl.errors import BadInput, LockHeld, LockLost
 from deployctl.log import log
 from deployctl.redact import safe_dsn
 
-SCHEMA_SQL = Path(__file__).resolve().parent.parent / "sql" / "state.sql"
+SCHEMA_SQL = resources.files("deployctl") / "sql" / "state.sql"  # inside the package: in a wheel too
 OPEN_STATUSES = ("running", "rolling_back", "rollback_failed", "aborted")
 # How long the journal waits for its database to come back (a restart, a failover).
 RECONNECT_S = float(os.environ.get("DEPLOYCTL_RECONNECT_S", "120"))
@@ -114,7 +114,7 @@ class Journal:
         self._create_schema()
 
     def _create_schema(self) -> None:
-        """sql/state.sql, once per version of it. Its ALTER TABLEs take ACCESS EXCLUSIVE locks even
+        """deployctl/sql/state.sql, once per version of it. Its ALTER TABLEs take ACCESS EXCLUSIVE locks even
         when they change nothing: run on every `status` or `promote`, they would block a running
         release, or deadlock with it. The schema's comment names the version in place."""
         text = SCHEMA_SQL.read_text()

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import psycopg
@@ -35,7 +35,7 @@ from deployctl.db import capture_store as store
 from deployctl.db import pgoutput
 from deployctl.log import log
 
-SQL_DIR = Path(__file__).resolve().parent.parent.parent / "sql"
+TRIGGER_SQL = resources.files("deployctl") / "sql" / "capture_triggers.sql"  # in the package: in a wheel too
 TRIGGER_SCHEMA = "deployctl_capture"
 ORIGIN = "deployctl"
 MIGRATION_TABLE = "alembic_version"
@@ -130,7 +130,7 @@ def install_triggers(conn: psycopg.Connection[Any], schemas: list[str]) -> list[
     trigger is not, so every partition gets its own.
     """
     with conn.transaction():
-        conn.execute((SQL_DIR / "capture_triggers.sql").read_text())  # type: ignore[arg-type]
+        conn.execute(TRIGGER_SQL.read_text())  # type: ignore[arg-type]
         missing = conn.execute(
             """SELECT n.nspname, c.relname,
                       NOT c.relispartition AND NOT EXISTS (SELECT 1 FROM pg_trigger t
