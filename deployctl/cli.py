@@ -121,13 +121,15 @@ def _finish(result: engine.Result, as_json: bool) -> int:
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.option("--log-json/--log-text", default=None,
               help="Log format (default: text on a terminal, JSON lines otherwise).")
+@click.option("--color/--no-color", "color", default=None,
+              help="Colour the text logs (default: on a terminal, unless NO_COLOR is set).")
 @click.option("-y", "--yes", is_flag=True, envvar="DEPLOYCTL_YES",
               help="Non-interactive, as when CI=true: never wait for an operator (a cohort step "
                    "whose gates could not judge rolls back instead of pausing).")
-@click.version_option(package_name="deployctl")
-def main(debug: bool, log_json: bool | None, yes: bool) -> None:
+@click.version_option(package_name="deployctl", prog_name="deployctl")
+def main(debug: bool, log_json: bool | None, color: bool | None, yes: bool) -> None:
     """Blue-green releases with rollbacks that lose no user action."""
-    configure(json=log_json, debug=debug)
+    configure(json=log_json, debug=debug, color=color)
     if yes:
         os.environ["DEPLOYCTL_YES"] = "1"  # read by deployctl.cohorts.in_ci()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -16,12 +17,21 @@ def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str,
     return redact(dict(event))  # type: ignore[no-any-return]
 
 
-def configure(*, json: bool | None = None, debug: bool = False) -> None:
+def use_color(wanted: bool | None = None) -> bool:
+    """Colour only where a person reads it: on a terminal, and never with NO_COLOR set
+    (no-color.org) or `--no-color`; `--color` forces it."""
+    if wanted is not None:
+        return wanted
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+
+
+def configure(*, json: bool | None = None, debug: bool = False, color: bool | None = None) -> None:
     """Log to stderr; stdout is kept for results (`--json`)."""
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=True)
+        structlog.processors.JSONRenderer() if json
+        else structlog.dev.ConsoleRenderer(colors=use_color(color))
     )
     structlog.configure(
         processors=[
