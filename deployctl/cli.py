@@ -49,7 +49,8 @@ def _errors(func: Callable[..., int | None]) -> Callable[..., None]:
         except DeployctlError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(redact(f"error: {exc}"), err=True)
+            for line in str(exc).splitlines():  # one line per problem (a playbook may have several)
+                click.echo(redact(f"error: {line}"), err=True)
             code = exc.exit_code
         except Exception as exc:  # a bug or an outage: say so, then leave resume to a human
             if debug:

@@ -7,6 +7,8 @@ holds the lock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 EXIT_OK = 0
 EXIT_ROLLED_BACK = 1
 EXIT_BAD_INPUT = 2
@@ -25,12 +27,18 @@ class BadInput(DeployctlError):
 
 
 class PlaybookError(BadInput):
-    """A playbook that does not validate: names the file and the field path."""
+    """A playbook that does not validate: each problem on its own line, as compilers write them
+    (`app.yaml:12:5: database.rollback: expected …`), in the order of the file. `field`,
+    `problem` and the position are the first problem's; `more` are the others."""
 
-    def __init__(self, path: str, field: str, problem: str) -> None:
+    def __init__(self, path: str, field: str, problem: str, *, line: int | None = None,
+                 column: int | None = None, more: Sequence[PlaybookError] = ()) -> None:
         self.path, self.field, self.problem = path, field, problem
-        where = f"{path}: {field}" if field else path
-        super().__init__(f"{where}: {problem}")
+        self.line, self.column = line, column
+        where = path if line is None else f"{path}:{line}" if column is None else f"{path}:{line}:{column}"
+        self.lines = [f"{where}: {field}: {problem}" if field else f"{where}: {problem}"]
+        self.lines += [text for other in more for text in other.lines]
+        super().__init__("\n".join(self.lines))
 
 
 class LockHeld(DeployctlError):

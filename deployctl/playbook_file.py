@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,8 @@ def read_text(file: Path) -> str:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise PlaybookError(str(file), f"line {line}",
-                            f"not UTF-8 text (byte 0x{data[exc.start]:02x}): save the playbook "
-                            "as UTF-8") from None
+        raise PlaybookError(str(file), "", f"not UTF-8 text (byte 0x{data[exc.start]:02x}): save the "
+                            "playbook as UTF-8", line=line) from None
     return text
 
 
@@ -111,8 +111,45 @@ def _check_nodes(root: yaml.Node) -> None:
     size(root)
 
 
-def read_yaml(text: str, file: str) -> Any:
-    """The YAML document in `text`, or one PlaybookError naming where in `file` it is wrong."""
+Path_ = tuple[str | int, ...]
+
+
+@dataclass
+class Marks:
+    """Where each value and each key of a document is written: 1-based (line, column) by the
+    value's path (keys as text, list items by index), so that an error about a setting can say
+    where in the file it is."""
+
+    values: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, node: yaml.Node, path: Path_ = ()) -> None:
+        if path in self.values:  # an alias: its first place is where it is written
+            return
+        self.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    self.keys[(*path, key.value)] = (key.start_mark.line + 1, key.start_mark.column + 1)
+                    self.add(value, (*path, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.add(item, (*path, index))
+
+    def at(self, path: Path_, *, key: bool = False) -> tuple[int, int] | tuple[None, None]:
+        """The key's place (`key`) or the value's at `path`, else the nearest written parent's."""
+        if key and path in self.keys:
+            return self.keys[path]
+        while path:
+            if path in self.values:
+                return self.values[path]
+            path = path[:-1]
+        return self.values.get((), (None, None))
+
+
+def read_yaml(text: str, file: str, marks: Marks | None = None) -> Any:
+    """The YAML document in `text`, or one PlaybookError naming where in `file` it is wrong;
+    where each value is written goes into `marks`."""
     loader: _Loader | None = None
     try:
         loader = _Loader(text)  # it reads the text at once: a NUL or other control character fails here
@@ -120,19 +157,31 @@ def read_yaml(text: str, file: str) -> Any:
         if root is None:
             return None
         _check_nodes(root)
-        return loader.construct_document(root)
+        document = loader.construct_document(root)
+        if marks is not None:  # after construction, which resolves merge keys (<<) in place
+            marks.add(root)
+        return document
     except _Refused as exc:
-        raise PlaybookError(file, _position(exc.mark), exc.problem) from None
+        raise PlaybookError(file, "", exc.problem, line=_line(exc.mark), column=_column(exc.mark)) from None
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
-        raise PlaybookError(file, f"line {line}", f"not valid YAML: control character "
-                                                  f"U+{exc.character:04X} is not allowed") from None
+        raise PlaybookError(file, "", f"not valid YAML: control character U+{exc.character:04X} "
+                                      "is not allowed", line=line) from None
     except ValueError as exc:  # PyYAML building a value Python refuses (an integer of 5000 digits)
         raise PlaybookError(file, "", f"not valid YAML: {str(exc).splitlines()[0]}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise PlaybookError(file, _position(mark), f"not valid YAML: {problem}") from None
+        raise PlaybookError(file, "", f"not valid YAML: {problem}", line=_line(mark),
+                            column=_column(mark)) from None
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _line(mark: yaml.Mark | None) -> int | None:
+    return mark.line + 1 if mark else None
+
+
+def _column(mark: yaml.Mark | None) -> int | None:
+    return mark.column + 1 if mark else None

@@ -9,6 +9,7 @@ it (one line, exit 2, nothing touched) is tested case by case in test_playbook_v
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,10 @@ def _refused_or_valid(tmp_path: Path, body: bytes) -> None:
     try:
         load(path)
     except PlaybookError as exc:
-        assert str(exc).startswith(f"{path}: "), exc
-        assert "\n" not in str(exc), exc
+        # One line per problem, each naming the file (and where in it, when known).
+        assert str(exc).splitlines() == exc.lines, exc
+        for line in exc.lines:
+            assert re.match(rf"{re.escape(str(path))}(:\d+(:\d+)?)?: \S", line), line
 
 
 SETTINGS = settings(max_examples=300, deadline=2000,

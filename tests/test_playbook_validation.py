@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from deployctl.errors import PlaybookError
-from deployctl.playbook import parse
+from deployctl.playbook import PATTERNS, Playbook, parse
 from tests.conftest import Env
 
 pytestmark = pytest.mark.integration
@@ -40,8 +40,9 @@ class Case:
     path), None writes no file at all."""
 
     breaks: Break
-    # The field path the message must name ("" when the whole file is wrong; "<position>" for a
-    # line and column in the file).
+    # The field path the message must name, after the line and column of the file where it is
+    # written ("" when the whole file is wrong; "<position>" for a line and column alone;
+    # "<N>" for line N alone, "<N:M>" for line N, column M).
     field: str
     expected: tuple[str, ...]  # fragments saying what was expected
 
@@ -88,7 +89,7 @@ def _not_yaml(data: dict[str, Any], _: Env | None) -> str:
 def _yaml_error_position(data: dict[str, Any]) -> str:
     lines = _not_yaml(data, None).splitlines()
     number = next(i for i, line in enumerate(lines) if "restore: now" in line)
-    return f"line {number + 1}, column {lines[number].index(': now') + 1}"
+    return f"<{number + 1}:{lines[number].index(': now') + 1}>"
 
 
 def _second_smoke_check_status_700(data: dict[str, Any], _: Env) -> dict[str, Any]:
@@ -139,10 +140,10 @@ LAUGHS = "".join(
     f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 10)}]\n" for i in range(9))
 
 FUZZ = [
-    pytest.param(Case(_encoded("latin-1"), "line 2", ("not UTF-8 text", "0xe9", "save the playbook as "
+    pytest.param(Case(_encoded("latin-1"), "<2>", ("not UTF-8 text", "0xe9", "save the playbook as "
                                                                              "UTF-8")), id="latin-1"),
     pytest.param(Case(_encoded("utf-16"), "", ("UTF-16", "save the playbook as UTF-8")), id="utf-16"),
-    pytest.param(Case(_text(bytes(range(256)) * 4), "line 2", ("not UTF-8 text",)), id="binary"),
+    pytest.param(Case(_text(bytes(range(256)) * 4), "<2>", ("not UTF-8 text",)), id="binary"),
     pytest.param(Case(_text("a: " + "[" * 100_000 + "]" * 100_000), "<position>",
                       ("nested more than 32 levels deep",)), id="deep-nesting"),
     pytest.param(Case(_text(LAUGHS), "<position>", ("expands to more than",)), id="billion-laughs"),
@@ -183,7 +184,7 @@ CASES = [
                  id="not-yaml-syntax-error"),
     pytest.param(Case(lambda data, _: [data], "", ("expected a mapping",)), id="top-level-is-a-list"),
     pytest.param(Case(_delete("app"), "app", ("required setting is missing",)), id="missing-app"),
-    pytest.param(Case(_set("app", "Social App"), "app", ("should match pattern", "'Social App'")),
+    pytest.param(Case(_set("app", "Social App"), "app", ("lowercase letters, digits", "'Social App'")),
                  id="app-name-uppercase-and-space"),
     pytest.param(Case(_set("version", ""), "version", ("at least 1 character",)), id="empty-version"),
     pytest.param(Case(_rename("smoke", "smoek"), "smoek", ("unknown setting",)),
@@ -227,7 +228,7 @@ CASES = [
     pytest.param(Case(_set("gates", {"error_rate": {"max": -1}}), "gates.error_rate.max",
                       ("greater than or equal to 0",)), id="gate-negative-max"),
     pytest.param(Case(_set("deploy.health.url", "ftp://127.0.0.1/health"), "deploy.health.url",
-                      ("should match pattern", "https?://", "'ftp://127.0.0.1/health'")),
+                      ("an http:// or https:// URL", "'ftp://127.0.0.1/health'")),
                  id="health-url-not-http"),
     pytest.param(Case(_set("public_urls", ["https://social.example", "http://social.example"]),
                       "public_urls[1]", ("expected an https:// URL", "'http://social.example'")),
@@ -253,6 +254,18 @@ CASES = [
                  id="missing-playbook-file"),
     *FUZZ,
 ]
+
+
+def _where(name: str, field: str) -> str:
+    """How an error line starts: `error: FILE:LINE:COLUMN: FIELD: ` (see Case.field)."""
+    at = rf"error: {re.escape(name)}"
+    if field == "":
+        return rf"{at}: (?!\S+: )"
+    if field == "<position>":
+        return rf"{at}:\d+:\d+: "
+    if field.startswith("<"):  # <2> for a line, <2:5> for a line and a column
+        return rf"{at}:{re.escape(field[1:-1])}: "
+    return rf"{at}:\d+:\d+: {re.escape(field)}: "
 
 
 def _assert_nothing_touched(env: Env, workdir: Path) -> None:
@@ -297,11 +310,7 @@ def test_malformed_playbook_is_refused_with_one_line_and_touches_nothing(
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     line = lines[0]
-    where = f"{name}: {field}: " if field else f"{name}: "
-    if field == "<position>":
-        assert re.match(rf"error: {re.escape(name)}: line \d+, column \d+: ", line), line
-    else:
-        assert line.startswith(f"error: {where}"), line
+    assert re.match(_where(name, field), line), line
     for fragment in case.expected:
         assert fragment in line, f"{fragment!r} not in {line!r}"
     _assert_nothing_touched(env, workdir)
@@ -350,7 +359,7 @@ def test_secret_from_the_environment_in_an_invalid_field_is_masked(
 
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: bad.yaml: {field_path}: "), done.stderr
+    assert len(lines) == 1 and re.match(_where("bad.yaml", field_path), lines[0]), done.stderr
     # Neither the value nor any escaped spelling of it: no word of it may show.
     for word in re.findall(r"[A-Za-z0-9]{4,}", secret):
         assert word not in done.stderr + done.stdout, lines[0]
@@ -382,3 +391,59 @@ def test_a_release_in_the_journal_parses_with_a_version_new_input_may_not_have(e
     with pytest.raises(PlaybookError, match=r"version: use letters, digits"):
         parse(text, env.dir / "new.yaml")
     assert parse(text, env.dir / "stored.yaml", stored=True).version == "2 (hotfix)"
+
+
+def test_every_problem_is_reported_at_once_in_the_order_of_the_file(env: Env) -> None:
+    data, workdir = _valid(env)
+    data["app"] = "Social App"
+    data["database"]["rollback"] = "sideways"
+    data["snapshot"] = {"jbos": 2}
+    data["smoek"] = data.pop("smoke")
+    data["deploy"]["health"]["timeout"] = "soon"
+    (env.dir / "bad.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    lines = (env.dir / "bad.yaml").read_text().splitlines()
+
+    def at(text: str, after: int = 0) -> str:
+        """`line:column` of the first `text` at or after line `after` (0-based)."""
+        number = next(i for i, line in enumerate(lines) if i >= after and text in line)
+        return f"{number + 1}:{lines[number].index(text) + 1}"
+
+    done = env.cli("release", "bad.yaml")
+
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    database = next(i for i, line in enumerate(lines) if line.startswith("database:"))
+    assert done.stderr.splitlines() == [
+        f"error: bad.yaml:{at('Social App')}: app: expected lowercase letters, digits, _ and - "
+        "(at most 63), starting with a letter, got 'Social App'",
+        f"error: bad.yaml:{at('sideways', database)}: database.rollback: Input should be 'keep', "
+        "'downgrade' or 'restore', got 'sideways'",
+        f"error: bad.yaml:{at('soon')}: deploy.health.timeout: expected a duration such as 500ms, "
+        "5s or 2m, got 'soon'",
+        f"error: bad.yaml:{at('jbos')}: snapshot.jbos: unknown setting: did you mean `jobs`?",
+        f"error: bad.yaml:{at('smoek')}: smoek: unknown setting: did you mean `smoke`?",
+    ]
+    _assert_nothing_touched(env, workdir)
+
+
+def test_an_unknown_setting_far_from_any_other_lists_those_known_there(env: Env) -> None:
+    data, _ = _valid(env)
+    data["database"]["zzz"] = 1
+    with pytest.raises(PlaybookError) as caught:
+        parse(yaml.safe_dump(data, sort_keys=False), env.dir / "bad.yaml")
+    assert caught.value.field == "database.zzz"
+    assert caught.value.problem.startswith("unknown setting (check its spelling; known here: dsn, "
+                                           "state_dsn, rollback"), caught.value.problem
+
+
+def test_no_error_shows_a_regular_expression() -> None:
+    """Every pattern a playbook setting must match is said in words (playbook.PATTERNS)."""
+    def patterns(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            own = {node["pattern"]} if isinstance(node.get("pattern"), str) else set()
+            return own | {p for v in node.values() for p in patterns(v)}
+        if isinstance(node, list):
+            return {p for v in node for p in patterns(v)}
+        return set()
+
+    used = patterns(Playbook.model_json_schema())
+    assert used and used <= set(PATTERNS), sorted(used - set(PATTERNS))
