@@ -1,143 +1,28 @@
-"""Playbooks: YAML files validated into typed models.
-
-Every problem of a playbook is reported at once, one line each in the order of the file, with
-the line and column, the field path and what was expected
-(`app.yaml:31:15: smoke[1].http.status: Input should be less than 600, got 700`), and for an
-unknown setting the known one it is closest to. `${VAR}` and
-`${VAR:-default}` take values from the environment; the values are registered as secrets so
-the log and the CLI never print them. Relative paths are relative to the playbook's folder.
-"""
+"""The playbook's sections, as typed models: each setting with its type, default, bounds and a
+description (its docstring), from which `deployctl schema` and docs/playbook.md are made."""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import math
 import os
 import re
-import shlex
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from typing import Any, Literal, get_args
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from deployctl.playbook.values import (
+    Duration,
+    HttpsUrl,
+    Model,
+    Size,
+    existing_file,
+    folder,
+    path_text,
+    split_command,
 )
 
-from deployctl import playbook_file
-from deployctl.errors import PlaybookError
-from deployctl.redact import register_secret
-
-# A hold or a timeout longer than anyone waits is a typo.
-MAX_DURATION_S = 7 * 24 * 3600.0
-
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def parse_duration(value: Any, limit: float | None = MAX_DURATION_S) -> float:
-    """`250ms`, `5s`, `2m`, `1h`, `7d` or a number of seconds, as seconds (at most `limit`)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 500ms, 5s or 2m")
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an integer too large for a float
-            seconds = math.inf
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"expected a duration such as 500ms, 5s or 2m, got {value!r}")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"expected a positive, finite duration, got {value!r}")
-    if limit is not None and seconds > limit:
-        raise ValueError(f"expected a duration of at most {limit / 86400:g} days, got {value!r}")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-# PostgreSQL's size units (`max_slot_wal_keep_size`, `pg_size_bytes`): 1kB is 1024 bytes.
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|MB|GB|TB)?\s*$")
-_SIZE_UNITS = {None: 1, "B": 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
-
-
-def parse_size(value: Any) -> int:
-    """`512MB`, `2GB` or a number of bytes, as bytes."""
-    match = None if isinstance(value, bool) else _SIZE.match(str(value))
-    if not match:
-        raise ValueError(f"expected a size such as 512MB or 2GB, got {value!r}")
-    size = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
-    if not 1 << 20 <= size <= 1 << 50:
-        raise ValueError(f"expected a size between 1MB and 1024TB, got {value!r}")
-    return int(size)
-
-
-Size = Annotated[int, BeforeValidator(parse_size)]
-
-
-def _https_url(value: str) -> str:
-    parts = urlsplit(value)
-    try:
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # a port that is not a number
-        port_ok = False
-    if parts.scheme != "https" or not parts.hostname or not port_ok:
-        raise ValueError(f"expected an https:// URL with a host, got {value!r}")
-    return value
-
-
-HttpsUrl = Annotated[str, AfterValidator(_https_url)]
-
-
-class Model(BaseModel):
-    # No NaN or infinity in any number. Numbers may be written in quotes (a `${PORT}` is text).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        # Pydantic takes `true` as 1 and `false` as 0: in a playbook that is always a mistake.
-        if isinstance(value, bool) and info.field_name is not None:
-            wanted = cls.model_fields[info.field_name].annotation
-            if wanted in (int, float) or wanted in (int | None, float | None):
-                raise ValueError(f"expected a number, got {value!r}")
-        return value
-
-
-def _path_text(value: Any) -> str:
-    if not isinstance(value, str) or not value or "\0" in value:
-        raise ValueError(f"expected a path, got {value!r}")
-    return value
-
-
-def _existing_file(value: Any, info: ValidationInfo) -> Path:
-    base = Path((info.context or {}).get("base", "."))
-    path = (base / _path_text(value)).resolve()
-    if not path.is_file():
-        raise ValueError(f"file not found: {path} (paths are relative to the playbook's folder)")
-    return path
-
-
-def _folder(value: Any, info: ValidationInfo) -> Path:
-    return (Path((info.context or {}).get("base", ".")) / _path_text(value)).resolve()
-
-
-def _split_command(value: Any) -> Any:
-    # A string is split like a shell would, without running a shell.
-    return shlex.split(value) if isinstance(value, str) else value
 
 
 class DatabaseConfig(Model):
@@ -161,7 +46,7 @@ class MigrationsConfig(Model):
     target: str = "head"
     url_env: str = Field(default="DATABASE_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-    _ini = field_validator("alembic_ini", mode="before")(_existing_file)
+    _ini = field_validator("alembic_ini", mode="before")(existing_file)
 
 
 class SnapshotConfig(Model):
@@ -237,7 +122,7 @@ class SshHostConfig(Model):
     @field_validator("key", mode="before")
     @classmethod
     def _key(cls, value: str, info: ValidationInfo) -> Path:
-        return _existing_file(os.path.expanduser(_path_text(value)), info)
+        return existing_file(os.path.expanduser(path_text(value)), info)
 
 
 class SshConfig(Model):
@@ -253,8 +138,8 @@ class SshConfig(Model):
     connect_attempts: int = Field(default=5, ge=1, le=50)
     connect_timeout: Duration = 10.0
 
-    _known = field_validator("known_hosts", mode="before")(_existing_file)
-    _artifact = field_validator("artifact", mode="before")(_folder)
+    _known = field_validator("known_hosts", mode="before")(existing_file)
+    _artifact = field_validator("artifact", mode="before")(folder)
 
     @field_validator("batch")
     @classmethod
@@ -285,7 +170,7 @@ class DeployConfig(Model):
     stop_timeout: Duration = 10.0
     endpoints: list[EndpointConfig] = Field(default_factory=list)  # where the router sends users
 
-    _split = field_validator("command", mode="before")(_split_command)
+    _split = field_validator("command", mode="before")(split_command)
 
     @model_validator(mode="after")
     def _transport_settings(self) -> DeployConfig:
@@ -296,7 +181,7 @@ class DeployConfig(Model):
     @field_validator("cwd", mode="before")
     @classmethod
     def _cwd(cls, value: str, info: ValidationInfo) -> Path:
-        return _folder(value, info)
+        return folder(value, info)
 
 
 class HttpCheck(Model):
@@ -353,7 +238,7 @@ class HaproxyConfig(Model):
     blue_backend: str = "blue"
     green_backend: str = "green"
 
-    _paths = field_validator("socket", "maps", mode="before")(_folder)
+    _paths = field_validator("socket", "maps", mode="before")(folder)
 
 
 class NginxConfig(Model):
@@ -362,14 +247,14 @@ class NginxConfig(Model):
     access_log: Path | None = None               # in deployctl's log format, for the gates
     binary: str = "nginx"
 
-    _paths = field_validator("config", "include", "access_log", mode="before")(_folder)
+    _paths = field_validator("config", "include", "access_log", mode="before")(folder)
 
 
 class CommandRouterConfig(Model):
     argv: list[str] = Field(min_length=1)
     timeout: Duration = 60.0
 
-    _split = field_validator("argv", mode="before")(_split_command)
+    _split = field_validator("argv", mode="before")(split_command)
 
 
 class RouterConfig(Model):
@@ -502,7 +387,7 @@ class Playbook(Model):
     @field_validator("workdir", mode="before")
     @classmethod
     def _workdir(cls, value: str, info: ValidationInfo) -> Path:
-        return _folder(value, info)
+        return folder(value, info)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -523,151 +408,3 @@ class Playbook(Model):
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.source_text.encode()).hexdigest()
-
-
-def _interpolate(node: Any, loc: tuple[Any, ...], unset: list[tuple[tuple[Any, ...], str]]) -> Any:
-    """`node` with every `${VAR}` and `${VAR:-default}` replaced; each variable that is not set
-    goes into `unset` with where it is."""
-    if isinstance(node, dict):
-        return {k: _interpolate(v, (*loc, k if isinstance(k, str) else str(k)), unset)
-                for k, v in node.items()}
-    if isinstance(node, list):
-        return [_interpolate(v, (*loc, i), unset) for i, v in enumerate(node)]
-    if not isinstance(node, str):
-        return node
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
-        if value is None or (value == "" and default is not None):
-            if default is None:
-                unset.append((loc, f"environment variable {name} is not set (export it, or write "
-                                   f"${{{name}:-default}})"))
-                return match.group(0)
-            return default  # written in the playbook: not a secret
-        register_secret(value)
-        return value
-
-    return _ENV_REF.sub(substitute, node)
-
-
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not re.fullmatch(r"[\w-]+", str(part)):
-            out += f"[{str(part)!r}]"  # a key written with spaces, dots or newlines, as written
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-# What each pattern of the models accepts, in words: an error never shows a regular expression.
-PATTERNS = {
-    r"^[a-z][a-z0-9_-]{0,62}$": "lowercase letters, digits, _ and - (at most 63), starting with a letter",
-    r"^[a-z0-9][a-z0-9_-]*$": "lowercase letters, digits, _ and -, starting with a letter or a digit",
-    r"^[A-Za-z_][A-Za-z0-9_]*$": "an environment variable's name (letters, digits and _, not "
-                                "starting with a digit)",
-    r"^[A-Za-z0-9][A-Za-z0-9._-]*$": "letters, digits, . _ and -, starting with a letter or a digit",
-    r"^[A-Za-z0-9-]+$": "an HTTP header's name (letters, digits and -)",
-    r"^\w+$": "letters, digits and _ only",
-    r"^https?://": "an http:// or https:// URL",
-    r"^/": "an absolute path (starting with /)",
-}
-
-
-def _unwrapped(kind: Any) -> Any:
-    """`X` of `X | None` and of `Annotated[X, …]`."""
-    while True:
-        if get_origin(kind) is Annotated:
-            kind = get_args(kind)[0]
-        elif get_origin(kind) in (Union, UnionType):
-            kind = next(a for a in get_args(kind) if a is not type(None))
-        else:
-            return kind
-
-
-def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    """The model whose settings are at `loc` in a playbook (None if not a model)."""
-    kind: Any = Playbook
-    for part in loc:
-        kind = _unwrapped(kind)
-        if get_origin(kind) is list and isinstance(part, int):
-            kind = get_args(kind)[0]
-        elif get_origin(kind) is dict and isinstance(part, str):
-            kind = get_args(kind)[1]
-        elif isinstance(kind, type) and issubclass(kind, BaseModel):
-            found = next((f for name, f in kind.model_fields.items() if part in (name, f.alias)), None)
-            if found is None:
-                return None
-            kind = found.annotation
-        else:
-            return None
-    kind = _unwrapped(kind)
-    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
-
-
-def _settings(model: type[BaseModel]) -> list[str]:
-    return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
-
-
-def _problem(error: Any) -> str:
-    """What was expected, in the playbook's words."""
-    kind, loc = error["type"], tuple(error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        known = _settings(model) if model else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-        return (f"unknown setting: did you mean `{close[0]}`?" if close else
-                "unknown setting (check its spelling" + (f"; known here: {', '.join(known)})"
-                                                         if known else ")"))
-    if kind == "missing":
-        return "required setting is missing"
-    if kind == "string_pattern_mismatch":
-        pattern = error.get("ctx", {}).get("pattern", "")
-        message = f"expected {PATTERNS.get(pattern, 'another form')}"
-    if "input" in error and kind != "value_error" and not isinstance(error["input"], dict | list):
-        message = f"{message}, got {error['input']!r}"
-    return message
-
-
-def parse(text: str, path: Path, *, stored: bool = False) -> Playbook:
-    """Validate playbook text; `path` names it in errors and anchors relative paths. `stored`:
-    the text of a release in the journal, validated when it was released (by a deployctl that
-    may have allowed versions this one refuses as new input). Every problem is reported at once,
-    in the order of the file, each with its line and column."""
-    file = str(path)
-    marks = playbook_file.Marks()
-    raw = playbook_file.read_yaml(text, file, marks)
-    if not isinstance(raw, dict):
-        raise PlaybookError(file, "", "expected a mapping of settings at the top level")
-    unset: list[tuple[tuple[Any, ...], str]] = []
-    raw = _interpolate(raw, (), unset)
-    problems = [(loc, problem, False) for loc, problem in unset]
-    if not problems:
-        try:
-            return Playbook.model_validate(
-                {**raw, "source_path": path, "source_text": text},
-                context={"base": str(path.resolve().parent), "stored": stored},
-            )
-        except ValidationError as exc:
-            problems = [(tuple(e["loc"]), _problem(e), e["type"] == "extra_forbidden")
-                        for e in exc.errors()]
-
-    def error(loc: tuple[Any, ...], problem: str, key: bool) -> PlaybookError:
-        line, column = marks.at(loc, key=key) if loc else (None, None)
-        return PlaybookError(file, _field_path(loc), problem, line=line, column=column)
-
-    found = sorted((error(*p) for p in problems), key=lambda e: (e.line or 0, e.column or 0))
-    first = found[0]
-    raise PlaybookError(file, first.field, first.problem, line=first.line, column=first.column,
-                        more=found[1:])
-
-
-def load(path: str | os.PathLike[str]) -> Playbook:
-    """Read and validate the playbook at `path` (see deployctl/playbook_file.py for what a
-    playbook file may be)."""
-    file = Path(path)
-    return parse(playbook_file.read_text(file), file)
