@@ -27,6 +27,7 @@ from deployctl.db import capture, restore
 from deployctl.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROLLBACK_FAILED, BadInput, DeployctlError
 from deployctl.journal import OPEN_STATUSES, Journal
 from deployctl.log import configure, log
+from deployctl.playbook import reference
 from deployctl.redact import redact
 
 
@@ -528,6 +529,24 @@ def report(release_id: int, fmt: str, output: str | None, pb_path: str | None,
         click.echo(f"wrote the {fmt} report of release #{release_id} to {output}")
     else:
         click.echo(text)
+    return EXIT_OK
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["json", "markdown"]), default="json", show_default=True,
+              help="The JSON Schema (for editors: yaml-language-server, VS Code, PyCharm) or the "
+                   "reference as Markdown (docs/playbook.md).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
+@_errors
+def schema(fmt: str, output: str | None) -> int:
+    """Print the playbook's JSON Schema, or its reference as Markdown: every setting, its type,
+    default and meaning."""
+    text = (reference.markdown() if fmt == "markdown"
+            else json.dumps(reference.schema(), indent=2) + "\n")
+    if output:
+        Path(output).write_text(text)
+    else:
+        click.echo(text, nl=False)
     return EXIT_OK
 
 

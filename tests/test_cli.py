@@ -3,6 +3,7 @@ it, a version, shell completion."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -35,6 +36,15 @@ def test_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
 def test_version() -> None:
     done = deployctl("--version")
     assert done.returncode == 0 and done.stdout.startswith("deployctl, version ")
+
+
+def test_schema_prints_the_playbooks_json_schema() -> None:
+    done = deployctl("schema")
+    schema = json.loads(done.stdout)
+    assert done.returncode == 0 and schema["$schema"].startswith("https://json-schema.org/")
+    assert {"app", "version", "database", "deploy"} <= set(schema["required"])
+    assert schema["$defs"]["DatabaseConfig"]["properties"]["rollback"]["enum"] == [
+        "keep", "downgrade", "restore"]
 
 
 def test_shell_completion_script() -> None:

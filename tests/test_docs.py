@@ -10,6 +10,7 @@ import pytest
 
 from deployctl import errors, playbook
 from deployctl.cli import main
+from deployctl.playbook import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -108,3 +109,21 @@ def test_sample_playbook_without_its_database_url_names_the_variable(
     with pytest.raises(errors.PlaybookError, match="SOCIAL_DATABASE_URL is not set") as caught:
         playbook.load(path)
     assert caught.value.field == "database.dsn"
+
+
+def test_the_playbook_reference_is_up_to_date() -> None:
+    """docs/playbook.md is made from the models: regenerate it with
+    `deployctl schema --format markdown -o docs/playbook.md`."""
+    assert (ROOT / "docs" / "playbook.md").read_text() == reference.markdown()
+
+
+def test_every_setting_of_the_playbook_is_described() -> None:
+    undescribed = [f"{path}.{name}" for path, model, _ in reference.sections(playbook.Playbook, "")
+                   for name, field in model.model_fields.items()
+                   if not field.exclude and not (field.description or "").strip()]
+    assert undescribed == []
+    assert all((model.__doc__ or "").strip() for _, model, _ in reference.sections(playbook.Playbook, ""))
+
+
+def test_the_readme_links_the_playbook_reference() -> None:
+    assert "docs/playbook.md" in README

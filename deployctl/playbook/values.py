@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 # A hold or a timeout longer than anyone waits is a typo.
 MAX_DURATION_S = 7 * 24 * 3600.0
@@ -40,7 +48,9 @@ def parse_duration(value: Any, limit: float | None = MAX_DURATION_S) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# In the JSON Schema (for editors), what may be written: a number of seconds or `5s`-like text.
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(
+    {"type": ["number", "string"], "examples": ["500ms", "5s", "2m", "1h"]})]
 
 # PostgreSQL's size units (`max_slot_wal_keep_size`, `pg_size_bytes`): 1kB is 1024 bytes.
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|MB|GB|TB)?\s*$")
@@ -58,7 +68,8 @@ def parse_size(value: Any) -> int:
     return int(size)
 
 
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(
+    {"type": ["integer", "string"], "examples": ["512MB", "2GB"]})]
 
 
 def https_url(value: str) -> str:
@@ -77,7 +88,9 @@ HttpsUrl = Annotated[str, AfterValidator(https_url)]
 
 class Model(BaseModel):
     # No NaN or infinity in any number. Numbers may be written in quotes (a `${PORT}` is text).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Each setting's docstring is its description (`deployctl schema`, docs/playbook.md).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
     @field_validator("*", mode="before")
     @classmethod
