@@ -81,11 +81,14 @@ def test_every_error_class_exits_with_a_documented_code() -> None:
 
 
 @pytest.fixture
-def social_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def social_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """SOCIAL_DATABASE_URL set as the demo sets it; the optional SOCIAL_* knobs at their defaults."""
     for name in ("SOCIAL_BLUE_PORT", "SOCIAL_GREEN_PORT", "SOCIAL_ROLLBACK", "SOCIAL_FAIL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SOCIAL_DATABASE_URL", SOCIAL_URL)
+    known_hosts = tmp_path / "known_hosts"  # the ssh example's: validation needs the file
+    known_hosts.write_text("")
+    monkeypatch.setenv("SOCIAL_KNOWN_HOSTS", str(known_hosts))
 
 
 def test_there_are_sample_playbooks() -> None:
