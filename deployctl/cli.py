@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -27,7 +28,7 @@ from deployctl.db import capture, restore
 from deployctl.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROLLBACK_FAILED, BadInput, DeployctlError
 from deployctl.journal import OPEN_STATUSES, Journal
 from deployctl.log import configure, log
-from deployctl.playbook import reference
+from deployctl.playbook import reference, starter
 from deployctl.redact import redact
 
 
@@ -529,6 +530,41 @@ def report(release_id: int, fmt: str, output: str | None, pb_path: str | None,
         click.echo(f"wrote the {fmt} report of release #{release_id} to {output}")
     else:
         click.echo(text)
+    return EXIT_OK
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Where to write the playbook (default: playbooks/APP.yaml).")
+@click.option("--app", help="The application's name (default: from the project's folder).")
+@click.option("--alembic-ini", type=click.Path(dir_okay=False, exists=True),
+              help="The project's alembic.ini (default: the one found here or below).")
+@click.option("--transport", type=click.Choice(["local", "ssh"]), default="local", show_default=True,
+              help="Start versions as local processes, or on ssh hosts.")
+@click.option("--router", type=click.Choice(["none", "haproxy", "nginx", "command"]), default="none",
+              show_default=True, help="Move users in cohorts through this router (none: all at once).")
+@click.option("--command", "command", default="./start-app --port 8000", show_default=True,
+              help="The command that starts a version (split like a shell would).")
+@click.option("--health-url", help="The URL that answers 2xx once a version is up "
+                                   "(default: http://127.0.0.1:8000/health; with ssh, {host}).")
+@click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
+@_errors
+def init(output: str | None, app: str | None, alembic_ini: str | None, transport: str, router: str,
+         command: str, health_url: str | None, force: bool) -> int:
+    """Write a commented starter playbook for the Alembic project in this folder."""
+    here = Path.cwd()
+    ini = Path(alembic_ini) if alembic_ini else starter.find_alembic_ini(here)
+    name = app or starter.app_name(here)
+    target = Path(output) if output else here / "playbooks" / f"{name}.yaml"
+    if target.exists() and not force:
+        raise BadInput(f"{target} exists: choose another --output, or --force to overwrite it")
+    host = "{host}" if transport == "ssh" else "127.0.0.1"
+    text = starter.render(app=name, output=target, alembic_ini=ini, transport=transport,
+                          router=None if router == "none" else router, command=shlex.split(command),
+                          health=health_url or f"http://{host}:8000/health")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    click.echo(f"wrote {target}: read it through, then `deployctl check {target}`")
     return EXIT_OK
 
 

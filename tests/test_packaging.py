@@ -17,7 +17,7 @@ import pytest
 
 from deployctl.db import capture
 from deployctl.journal import SCHEMA_SQL
-from tests.conftest import Env, seed
+from tests.conftest import SOCIAL, Env, seed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +61,14 @@ def test_the_installed_wheel_releases_and_rolls_back(wheel: Path, env: Env, tmp_
     where = subprocess.run([str(home / "bin" / "python"), "-c", "import deployctl; print(deployctl.__file__)"
                             ], capture_output=True, text=True, cwd=tmp_path, env=clean, check=True)
     assert where.stdout.startswith(str(home)), where.stdout
+
+    project = tmp_path / "project"  # init writes a playbook for the Alembic project it finds
+    shutil.copytree(SOCIAL, project)
+    started = subprocess.run([str(home / "bin" / "deployctl"), "init", "-o", "app.yaml"], cwd=project,
+                             capture_output=True, text=True, env=clean, timeout=60, check=False)
+    assert started.returncode == 0, started.stderr
+    checked = installed("check", str(project / "app.yaml"), DATABASE_URL=env.app_dsn)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
     v1, v2 = env.playbook("1"), env.playbook("2")
     assert installed("check", str(v1)).returncode == 0
