@@ -24,17 +24,26 @@ import psycopg
 from deployctl import delta as deltas
 from deployctl import engine, playbook, preflight, progress
 from deployctl import report as reports
+from deployctl import status as status_view
 from deployctl.db import capture, restore
-from deployctl.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROLLBACK_FAILED, BadInput, DeployctlError
+from deployctl.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_ROLLBACK_FAILED,
+    BadInput,
+    DeployctlError,
+)
 from deployctl.journal import OPEN_STATUSES, Journal
 from deployctl.log import configure, log
 from deployctl.playbook import reference, starter
 from deployctl.redact import redact
 
 
-def _emit(data: Any, as_json: bool, text: Callable[[], str]) -> None:
+def _emit(data: Any, as_json: bool, text: Callable[[], str], *, one_line: bool = False) -> None:
+    """`data` as JSON (indented; `one_line`: one object per line, for a stream), or `text()`."""
     if as_json:
-        click.echo(redact(json.dumps(redact(data), indent=2, default=str)))
+        click.echo(redact(json.dumps(redact(data), indent=None if one_line else 2, default=str)))
     else:
         click.echo(redact(text()))
 
@@ -112,6 +121,8 @@ def _result_text(result: engine.Result) -> str:
             lines.append(f"  {'':<20} {step['changes_captured']} changes captured (`deployctl delta show "
                          f"{result.release_id}`)")
     lines.append(f"outcome: {result.status}" + (f" ({result.reason})" if result.reason else ""))
+    if result.report:
+        lines.append(f"report: {result.report}")
     return "\n".join(lines)
 
 
@@ -248,41 +259,54 @@ _control("abort", "Move every user back to blue now; green, the database and the
 @click.argument("release_id", required=False, type=int)
 @click.option("--app", help="Application name (default: the playbook's).")
 @click.option("-w", "--watch", "watch", is_flag=True,
-              help="Show it again every --interval seconds until the release ends.")
+              help="Show it again every --interval seconds until the release ends, then exit with "
+                   "the release's exit code (with --json: one JSON object per line).")
 @click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2),
               help="Seconds between two looks with --watch.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="With --watch: stop after this many seconds; exit 4 if the release has not ended.")
 @with_state
 @json_option
 @_errors
-def status(release_id: int | None, app: str | None, watch: bool, interval: float, pb_path: str | None,
-           state_dsn: str | None, as_json: bool) -> int:
-    """Show a release's steps (the latest one if RELEASE_ID is not given)."""
+def status(release_id: int | None, app: str | None, watch: bool, interval: float, timeout: float | None,
+           pb_path: str | None, state_dsn: str | None, as_json: bool) -> int:
+    """Show a release's steps (the latest one if RELEASE_ID is not given); in a cohort step, the
+    share of users on green, the time left in the hold and the latest gate readings."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        finished = _status_once(release_id, app, pb_path, state_dsn, as_json, clear=watch)
-        if not watch or finished:
+        ended = _status_once(release_id, app, pb_path, state_dsn, as_json, watching=watch)
+        if not watch:
             return EXIT_OK
+        if ended is not None:
+            return ended
+        if deadline is not None and time.monotonic() + interval > deadline:
+            return EXIT_LOCKED
         time.sleep(interval)
 
 
 def _status_once(release_id: int | None, app: str | None, pb_path: str | None, state_dsn: str | None,
-                 as_json: bool, clear: bool) -> bool:
-    """Print the status once; True when there is nothing left to watch."""
+                 as_json: bool, watching: bool) -> int | None:
+    """Print the status once; the release's exit code once there is nothing left to watch."""
     app = _app(pb_path, app)
     with Journal(_state_dsn(pb_path, state_dsn)) as journal:
         found = journal.get(release_id) if release_id else journal.latest(app)
         if found is None:
-            _emit(None, as_json, lambda: "no releases yet")
-            return True
+            _emit(None, as_json, lambda: "no releases yet", one_line=watching)
+            return EXIT_OK
         result = engine.summarize(journal, found.id)
         live = journal.live(found.app)
         lock = journal.lock_holder(found.app)
         swap = None if lock["alive"] else engine.interrupted_swap(journal, found.id)
         captured = _capture_of(journal, found.id, pb_path)
+        now = (status_view.cohort_now(journal.events(found.id), datetime.now(UTC))
+               if found.open else None)
     data = {**result.__dict__, "live_version": live["live_version"] if live else None,
-            "lock": lock, "interrupted_swap": swap, "capture": captured}
+            "lock": lock, "interrupted_swap": swap, "capture": captured, "now": now}
 
     def text() -> str:
         out = _result_text(result)
+        if now is not None:
+            out += "\n" + status_view.text(now, result.release_id, result.version)
         if captured is not None:
             out += "\n" + _capture_text(captured)
         out += f"\nlive version: {data['live_version'] or 'none'}"
@@ -295,10 +319,10 @@ def _status_once(release_id: int | None, app: str | None, pb_path: str | None, s
                 out += f"\nthe application is down: {swap}; either command finishes the swap first"
         return out
 
-    if clear and not as_json and sys.stdout.isatty():
+    if watching and not as_json and sys.stdout.isatty():
         click.echo("\033[H\033[J", nl=False)  # redraw in place
-    _emit(data, as_json, text)
-    return not (lock["alive"] and result.status in OPEN_STATUSES)
+    _emit(data, as_json, text, one_line=watching)
+    return None if lock["alive"] and result.status in OPEN_STATUSES else result.exit_code
 
 
 def _capture_of(journal: Journal, release_id: int, pb_path: str | None) -> dict[str, Any] | None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from deployctl.errors import StepFailed
@@ -50,10 +52,12 @@ def in_ci() -> bool:
 
 
 class Operator:
-    """The requests other terminals leave for this release in the journal."""
+    """The requests other terminals leave for this release in the journal. A pause is recorded
+    under `step` (for `deployctl status`) and told through `tell` (the `paused` notification)."""
 
-    def __init__(self, journal: Any, release_id: int) -> None:
-        self.journal, self.release_id = journal, release_id
+    def __init__(self, journal: Any, release_id: int, step: str | None = None,
+                 tell: Callable[..., None] | None = None) -> None:
+        self.journal, self.release_id, self.step, self.tell = journal, release_id, step, tell
 
     def take(self) -> str | None:
         request = self.journal.take_request(self.release_id)
@@ -78,13 +82,27 @@ class Operator:
         `limit` seconds without an answer, `rollback`."""
         log.warning("release paused: waiting for an operator", reason=why, rolls_back_after_s=limit,
                     next="deployctl resume | promote | abort | rollback")
+        until = datetime.now(UTC) + timedelta(seconds=limit)
+        if self.step is not None:
+            self.journal.event(self.release_id, self.step, "info",
+                               {"paused": why, "rolls_back_at": until.isoformat()})
+        if self.tell is not None:
+            self.tell("paused", f"paused, waiting for an operator ({why}): it rolls back on its own at "
+                                f"{until:%Y-%m-%d %H:%M:%S} UTC unless `deployctl resume|promote|abort|"
+                                f"rollback {self.release_id}`", reason=why,
+                      rolls_back_at=until.isoformat())
+        command = "rollback"
         deadline = time.monotonic() + limit
         while (left := deadline - time.monotonic()) > 0:
-            command = self.wait(left)
-            if command in ("resume", "promote", "abort", "rollback"):
-                return command
-        log.warning("nobody answered the pause: rolling back", reason=why)
-        return "rollback"
+            answer = self.wait(left)
+            if answer in ("resume", "promote", "abort", "rollback"):
+                command = answer
+                break
+        else:
+            log.warning("nobody answered the pause: rolling back", reason=why)
+        if self.step is not None:
+            self.journal.event(self.release_id, self.step, "info", {"pause_ended": command})
+        return command
 
 
 def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
@@ -115,7 +133,8 @@ def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
         verdict, figures = watch.read()
         readings += 1
         conclusive += verdict.status != "inconclusive"
-        record({"cohort": step.name, **verdict.as_dict(), **figures})
+        record({"cohort": step.name, **verdict.as_dict(), **figures, "held_s": round(held, 3),
+                "hold_s": step.hold})
         if verdict.status == "fail":
             failing += 1
             if failing >= gates.failures:

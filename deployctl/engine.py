@@ -17,14 +17,12 @@ from typing import Any
 
 import psycopg
 
-from deployctl import capture_keeper, delta, failpoints
+from deployctl import capture_keeper, delta, failpoints, report
 from deployctl.cohorts import Aborted, GateBreach, Operator
 from deployctl.db import capture, restore
 from deployctl.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_OK,
     EXIT_ROLLBACK_FAILED,
-    EXIT_ROLLED_BACK,
+    STATUS_EXIT_CODES,
     BadInput,
     DeployctlError,
     LockLost,
@@ -39,14 +37,6 @@ from deployctl.redact import redact
 from deployctl.steps import Outcome, Refused, Run, forward, traffic_to_blue
 from deployctl.steps import rollback as rollback_steps
 
-EXIT_FOR_STATUS = {
-    "released": EXIT_OK,
-    "rolled_back": EXIT_ROLLED_BACK,
-    "refused": EXIT_BAD_INPUT,
-    "rollback_failed": EXIT_ROLLBACK_FAILED,
-    "aborted": EXIT_ROLLED_BACK,
-}
-
 
 @dataclass
 class Result:
@@ -56,10 +46,11 @@ class Result:
     status: str
     reason: str | None
     steps: list[dict[str, Any]] = field(default_factory=list)
+    report: str | None = None    # the HTML report written as the release ended
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FOR_STATUS.get(self.status, EXIT_ROLLBACK_FAILED)
+        return STATUS_EXIT_CODES.get(self.status, EXIT_ROLLBACK_FAILED)
 
 
 def state_dsn(pb: Playbook) -> str:
@@ -293,8 +284,11 @@ def _notifying(pb: Playbook, release_id: int) -> Iterator[Notifier]:
 
 def _ended(journal: Journal, release_id: int, notifier: Notifier) -> Result:
     result = summarize(journal, release_id)
-    notifier.send("end", result.status.replace("_", " ") + (f": {result.reason}" if result.reason else ""),
-                  status=result.status, exit_code=result.exit_code)
+    saved = report.save(journal, release_id, notifier.pb.workdir)
+    result.report = str(saved) if saved else None
+    notifier.send("end", result.status.replace("_", " ") + (f": {result.reason}" if result.reason else "")
+                  + (f" (report: {saved})" if saved else ""),
+                  status=result.status, exit_code=result.exit_code, report=result.report)
     return result
 
 

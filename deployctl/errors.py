@@ -15,6 +15,15 @@ EXIT_BAD_INPUT = 2
 EXIT_ROLLBACK_FAILED = 3
 EXIT_LOCKED = 4
 
+# What a release's status means for the process that ran it (and for `status --watch`).
+STATUS_EXIT_CODES = {
+    "released": EXIT_OK,
+    "rolled_back": EXIT_ROLLED_BACK,
+    "refused": EXIT_BAD_INPUT,
+    "rollback_failed": EXIT_ROLLBACK_FAILED,
+    "aborted": EXIT_ROLLED_BACK,
+}
+
 
 class DeployctlError(Exception):
     """Base class: one line a user can act on."""

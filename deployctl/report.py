@@ -35,10 +35,10 @@ import yaml
 from deployctl import cohorts as cohort_steps
 from deployctl import delta as deltas
 from deployctl.db.replay import MASK
-from deployctl.engine import EXIT_FOR_STATUS
-from deployctl.errors import DeployctlError
-from deployctl.files import write_private
+from deployctl.errors import STATUS_EXIT_CODES, DeployctlError
+from deployctl.files import private_dir, write_private
 from deployctl.journal import Journal, Release
+from deployctl.log import log
 from deployctl.playbook import Playbook, parse
 from deployctl.redact import redact
 from deployctl.report_text import blocks, markdown, narrative, step_summary
@@ -311,7 +311,7 @@ def build(journal: Journal, release_id: int, personal: Iterable[str] = ()) -> di
     alive = bool(lock.get("alive") and lock.get("release_id") == release.id)
     steps = _steps(events, release, pb, start, alive)
     readings = _readings(events, start)
-    code = EXIT_FOR_STATUS.get(release.status)
+    code = STATUS_EXIT_CODES.get(release.status)
     data = {
         "schema": SCHEMA,
         "release": {
@@ -433,3 +433,16 @@ def render(data: dict[str, Any], fmt: str) -> str:
 def write(path: Path, text: str) -> None:
     """Write the report 0600: it can hold user data (replaces an existing file's mode too)."""
     write_private(path, text.encode())
+
+
+def save(journal: Journal, release_id: int, workdir: Path) -> Path | None:
+    """The release's HTML report written into `workdir/reports/` as it ends (0600), for the last
+    notification to point at; None when it could not be (logged: a report never fails a release)."""
+    path = workdir / "reports" / f"release-{release_id}.html"
+    try:
+        private_dir(path.parent, workdir)
+        write(path, render(build(journal, release_id), "html"))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("the release's report could not be written", path=str(path), problem=str(exc))
+        return None
+    return path

@@ -23,6 +23,7 @@ from deployctl.fleet import routers, versions
 from deployctl.gates import smoke as smoke_checks
 from deployctl.gates.watch import Watch, baselines
 from deployctl.journal import Journal
+from deployctl.log import log
 from deployctl.notify import Notifier
 from deployctl.playbook import Playbook, parse
 from deployctl.preflight import Check
@@ -168,7 +169,8 @@ def cohort(index: int) -> Callable[[Run], Outcome]:
         split = cohorts.split_for(run.pb, index)
         router.apply(split)
         run.journal.event(run.release_id, name, "info", {"split": {"allow": len(split.allow),
-                                                                    "percent": split.percent}})
+                                                                    "percent": split.percent},
+                                                          "hold_s": run.pb.cohorts[index].hold})
         run.tell("cohort", f"{name}: {split.percent}% of users and {len(split.allow)} allow-listed on "
                            f"version {run.pb.version}", step=name, percent=split.percent,
                  allow=len(split.allow))
@@ -178,8 +180,12 @@ def cohort(index: int) -> Callable[[Run], Outcome]:
 
         def record(reading: dict[str, Any]) -> None:
             run.journal.event(run.release_id, name, "info", redact(reading))
+            for check in reading["checks"]:  # as it is taken: value, threshold, against blue
+                log.info("gate reading", cohort=reading["cohort"], gate=check["name"],
+                         verdict=check["status"], detail=redact(check["detail"]), value=check["value"])
 
-        detail = cohorts.run_step(run.pb, index, watch, cohorts.Operator(run.journal, run.release_id), record)
+        operator = cohorts.Operator(run.journal, run.release_id, name, run.tell)
+        detail = cohorts.run_step(run.pb, index, watch, operator, record)
         return Outcome({**detail, "percent": split.percent, "allow": len(split.allow)})
     return step
 

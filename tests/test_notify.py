@@ -7,9 +7,16 @@ to the first attempt of every notification, so each delivery shows the retry.
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,7 +90,42 @@ def test_a_breach_is_told_in_order_with_a_retry_each_and_secrets_masked(
     assert by_event["cohort"]["percent"] == 10
     assert "gate breach in cohort beta" in by_event["breach"]["text"]
     assert by_event["end"]["status"] == "rolled_back" and by_event["end"]["exit_code"] == 1
+    # The last notification says where the release's report is (written as it ended, 0600).
+    report = Path(by_event["end"]["report"])
+    assert report.parent == env.workdir / "reports" and f"report: {report}" in by_event["end"]["text"]
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600 and "<html" in report.read_text()
+    assert f"report: {report}" in done.stdout
     assert TOKEN not in done.stdout + done.stderr, "a webhook's URL holds its token: never printed"
+
+
+def test_a_pause_is_told_with_when_it_rolls_back_on_its_own(
+        env: Env, haproxy: HaproxyEnv, hook: Hook) -> None:
+    released_v1(env, haproxy)
+    playbook = routed(env, haproxy, "2", gates={**GATES, "on_inconclusive": "pause", "max_pause": "10m"},
+                      notify={"webhooks": [{"url": hook.url, "events": ["paused", "end"]}]},
+                      cohorts=[{"name": "beta", "percent": 10, "hold": "1s"}])
+    # Nobody uses the app, so no reading is conclusive: the step pauses (not in CI).
+    running = subprocess.Popen([sys.executable, "-m", "deployctl", "release", str(playbook)], cwd=env.dir,
+                               env={**os.environ, "CI": "", "DEPLOYCTL_YES": ""},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "paused" not in hook.events():
+            assert time.monotonic() < deadline and running.poll() is None, "no paused notification"
+            time.sleep(0.2)
+        asked = env.cli("rollback", "--state-dsn", env.state_dsn)
+        assert asked.returncode == 0, asked.stderr
+        out, _ = running.communicate(timeout=300)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == 1, out
+    assert hook.events() == ["paused", "end"]
+    paused = hook.bodies[0]
+    left = datetime.fromisoformat(paused["rolls_back_at"]) - datetime.now(UTC)
+    assert timedelta(minutes=8) < left <= timedelta(minutes=10), paused
+    assert "no gate reading was conclusive" in paused["reason"]
+    assert "rolls back on its own at" in paused["text"] and "deployctl resume" in paused["text"]
 
 
 def test_a_webhook_that_never_answers_does_not_fail_the_release(env: Env, haproxy: HaproxyEnv) -> None:

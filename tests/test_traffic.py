@@ -256,6 +256,12 @@ def test_operators_pause_promote_and_abort_a_running_release_from_another_termin
         assert "resume requested" in resumed.stdout
         paused = env.cli("pause", *state)
         assert paused.returncode == 0, paused.stderr
+        # `status` shows the step, its share and the pause, with when it rolls back on its own.
+        _wait_for(env, "the pause in status",
+                  lambda: "paused, waiting for an operator" in env.cli("status", *state).stdout)
+        shown = env.cli("status", *state).stdout
+        assert f"now: cohort.staff: 0% of users and {len(STAFF)} allow-listed on version 2" in shown, shown
+        assert "left in the hold" in shown and "rolls back on its own at" in shown, shown
         promoted = env.cli("promote", *state)
         assert promoted.returncode == 0, promoted.stderr
         _wait_for(env, "cohort.beta", lambda: at("cohort.beta"))
@@ -353,13 +359,36 @@ def test_status_watch_follows_a_running_release_until_it_ends(env: Env, haproxy:
             return row is not None and row["version"] == "2"
 
         _wait_for(env, "release 2", started)
+        streamed = subprocess.Popen(  # beside it, the same as one JSON object per line
+            [sys.executable, "-m", "deployctl", "status", "--watch", "--json", "--interval", "0.5",
+             "--state-dsn", env.state_dsn], cwd=env.dir, stdout=subprocess.PIPE, text=True)
         watched = env.cli("status", "--watch", "--interval", "0.5", "--state-dsn", env.state_dsn, timeout=300)
         assert running.wait(timeout=300) == 0
+        lines, _ = streamed.communicate(timeout=60)
     finally:
-        if running.poll() is None:
-            running.kill()
+        for process in (running, streamed):
+            if process.poll() is None:
+                process.kill()
     assert watched.returncode == 0, watched.stderr
     looks = watched.stdout.count("release #2: social 2")
     assert looks >= 3, watched.stdout
     assert watched.stdout.rstrip().endswith("live version: 2"), watched.stdout[-400:]
     assert "outcome: released" in watched.stdout and "outcome: running" in watched.stdout
+    assert "now: cohort.beta: 10% of users" in watched.stdout and "left in the hold" in watched.stdout
+    assert "latest gate reading" in watched.stdout and "error rate" in watched.stdout
+    assert streamed.returncode == 0
+    looked = [json.loads(line) for line in lines.splitlines()]
+    assert len(looked) >= 3 and looked[-1]["status"] == "released", lines[-600:]
+    during = [look["now"] for look in looked if look["now"]]
+    assert during and {now["percent"] for now in during} == {10}, during
+    assert all(0 <= now["hold_left_s"] <= 3 for now in during), during
+
+
+def test_status_watch_exits_with_the_code_of_the_release_it_watched(env: Env) -> None:
+    broken = env.playbook("1", smoke=[{"name": "nothing there", "sql": "select false"}])
+    failed = env.cli("release", str(broken))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    state = ["--state-dsn", env.state_dsn]
+    assert env.cli("status", *state).returncode == 0  # a look, not a watch
+    assert env.cli("status", "--watch", *state).returncode == 1
+    assert env.cli("status", "--watch", "--timeout", "0", *state).returncode == 1

@@ -484,7 +484,7 @@ class GatesConfig(Model):
     """A pause nobody answers rolls back after this long."""
 
 
-Event = Literal["start", "cohort", "breach", "rollback", "end"]
+Event = Literal["start", "cohort", "paused", "breach", "rollback", "end"]
 
 
 class WebhookConfig(Model):
@@ -493,7 +493,8 @@ class WebhookConfig(Model):
     url: str = Field(pattern=r"^https?://")
     """The webhook's URL (Slack-compatible: JSON `{"text": …}` plus the event's fields)."""
     events: list[Event] = Field(default_factory=lambda: list(get_args(Event)))
-    """The events sent: `start`, `cohort`, `breach`, `rollback`, `end`."""
+    """The events sent: `start`, `cohort`, `paused` (waiting for an operator, with when it rolls
+    back on its own), `breach`, `rollback`, `end` (with the path of the release's HTML report)."""
     timeout: Duration = 5.0
     """Time a delivery may take."""
     retries: int = Field(default=3, ge=0, le=20)
