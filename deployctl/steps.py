@@ -175,8 +175,10 @@ def cohort(index: int) -> Callable[[Run], Outcome]:
                            f"version {run.pb.version}", step=name, percent=split.percent,
                  allow=len(split.allow))
         started = run.journal.get(run.release_id).started_at
+        live = run.journal.live(run.pb.app)
         watch = Watch(run.pb.gates, router, run.pb.database.dsn, started,
-                      run.journal.step_detail(run.release_id, "route").get("baselines", {}))
+                      run.journal.step_detail(run.release_id, "route").get("baselines", {}),
+                      (run.pb.version, live["live_version"] if live else None))
 
         def record(reading: dict[str, Any]) -> None:
             run.journal.event(run.release_id, name, "info", redact(reading))

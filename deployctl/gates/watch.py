@@ -2,13 +2,14 @@
 
 Each reading compares the window since the previous one: the router's error rate and response
 time per backend (green judged against blue over the same window), SQL business metrics against
-their baseline from before the release, and HTTP probes. A check with too little data is
-*inconclusive*, never a pass: a step whose readings were all inconclusive is not evidence that
-green works.
+their baseline from before the release, HTTP probes, and PromQL queries (`prometheus`). A check
+with too little data is *inconclusive*, never a pass: a step whose readings were all
+inconclusive is not evidence that green works.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import psycopg
 
 from deployctl.fleet.routers import Reading, Router
+from deployctl.gates import prometheus
 from deployctl.gates.smoke import check_http
 from deployctl.playbook import GatesConfig, RateGate
 
@@ -88,9 +90,11 @@ class Watch:
     """Reads the gates of one cohort step; `read()` judges the window since the last call."""
 
     def __init__(self, gates: GatesConfig, router: Router, dsn: str, started_at: datetime,
-                 baselines: dict[str, float | None]) -> None:
+                 baselines: dict[str, float | None], versions: tuple[str, str | None] = ("", None)) -> None:
         self.gates, self.router, self.dsn, self.started_at = gates, router, dsn, started_at
         self.baselines = baselines
+        self.green, self.blue = versions  # for the Prometheus gates' `$version`
+        self.step_started = time.monotonic()
         self.last = router.readings()
 
     def read(self) -> tuple[Verdict, dict[str, Any]]:
@@ -107,6 +111,11 @@ class Watch:
             result = check_http(probe.name, probe.http)
             verdict.checks.append(Check(probe.name, "pass" if result.ok else "fail", result.detail,
                                         result.latency_ms))
+        window = max(time.monotonic() - self.step_started, self.gates.interval)
+        for gate in self.gates.prometheus:
+            assert self.gates.prometheus_url is not None  # the playbook requires it
+            judged = prometheus.judge(gate, self.gates.prometheus_url, self.green, self.blue, window)
+            verdict.checks.append(Check(gate.name, judged.status, judged.detail, judged.value))
         figures = {"green": asdict(green) if green else None, "blue": asdict(blue) if blue else None}
         return verdict, figures
 

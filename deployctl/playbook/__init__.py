@@ -21,6 +21,7 @@ from deployctl.playbook.models import (
     HttpGate,
     NginxConfig,
     Playbook,
+    PrometheusGate,
     RateGate,
     RouterConfig,
     SmokeCheck,
@@ -36,7 +37,7 @@ from deployctl.playbook.values import MAX_DURATION_S, parse_duration, parse_size
 __all__ = [
     "MAX_DURATION_S", "PATTERNS", "CaptureConfig", "CohortStep", "CommandRouterConfig",
     "DatabaseConfig", "DeployConfig", "Event", "GatesConfig", "HaproxyConfig", "HealthConfig",
-    "HttpCheck", "HttpGate", "NginxConfig", "Playbook", "RateGate", "RouterConfig", "SmokeCheck",
-    "SqlCheck", "SqlGate", "SshConfig", "SshHostConfig", "WebhookConfig", "load", "parse",
-    "parse_duration", "parse_size",
+    "HttpCheck", "HttpGate", "NginxConfig", "Playbook", "PrometheusGate", "RateGate",
+    "RouterConfig", "SmokeCheck", "SqlCheck", "SqlGate", "SshConfig", "SshHostConfig",
+    "WebhookConfig", "load", "parse", "parse_duration", "parse_size",
 ]

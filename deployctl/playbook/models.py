@@ -460,6 +460,30 @@ class HttpGate(Model):
     """The request, and what its answer must be."""
 
 
+class PrometheusGate(Model):
+    """A PromQL query read at every gate reading, for green (and for blue, with `vs_blue`)."""
+
+    name: str = Field(min_length=1)
+    """The gate's name in logs and reports."""
+    query: str = Field(min_length=1)
+    """PromQL giving one number. `$version` stands for the version read and `$window` for the
+    step's window so far (from its start, at least one interval), e.g.
+    `sum(rate(http_requests_total{version="$version",code=~"5.."}[$window]))`."""
+    max: float | None = None
+    """The most green's value may be (a multiple of blue's with `vs_blue`)."""
+    min: float | None = None
+    """The least green's value may be (a multiple of blue's with `vs_blue`)."""
+    vs_blue: bool = False
+    """Read the query for blue's version too, over the same window: `max` and `min` are then
+    multiples of blue's value (no data for blue, or 0: inconclusive)."""
+
+    @model_validator(mode="after")
+    def _a_limit(self) -> PrometheusGate:
+        if self.max is None and self.min is None:
+            raise ValueError("a prometheus gate needs a `max` or a `min`")
+        return self
+
+
 class GatesConfig(Model):
     """What is read during each cohort step, and what a reading decides."""
 
@@ -477,11 +501,21 @@ class GatesConfig(Model):
     """Business metrics compared with their baseline from before the release."""
     http: list[HttpGate] = Field(default_factory=list)
     """HTTP probes."""
+    prometheus: list[PrometheusGate] = Field(default_factory=list)
+    """PromQL queries, green against limits or against blue."""
+    prometheus_url: str | None = Field(default=None, pattern=r"^https?://")
+    """The Prometheus server the `prometheus` gates query (`http://prometheus:9090`)."""
     on_inconclusive: Literal["pause", "rollback", "continue"] = "pause"
     """What a step whose readings were all inconclusive does: `pause` for an operator (rolls back with
     `CI=true` or `--yes`), `rollback`, or `continue`."""
     max_pause: Duration = 3600.0
     """A pause nobody answers rolls back after this long."""
+
+    @model_validator(mode="after")
+    def _prometheus_server(self) -> GatesConfig:
+        if self.prometheus and self.prometheus_url is None:
+            raise ValueError("prometheus gates need `prometheus_url`: the server they query")
+        return self
 
 
 Event = Literal["start", "cohort", "paused", "breach", "rollback", "end"]

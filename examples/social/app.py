@@ -22,6 +22,7 @@ answers 500 to every request carrying a user id in ``X-User-Id``, a bug only rea
 which the gates of a cohort step must catch), ``SOCIAL_SLOW`` (milliseconds: version 2 waits
 that long before answering a request with a user id, for latency gates), and
 ``SOCIAL_STARTUP_DELAY`` (seconds to wait before listening, to make a deploy step slow).
+``GET /metrics`` answers Prometheus: requests by status code and time spent, by version.
 """
 
 from __future__ import annotations
@@ -178,6 +179,35 @@ class Response:
 Handler = Callable[["SocialApp", Row, tuple[str, ...]], Response]
 
 
+class Metrics:
+    """What `GET /metrics` tells Prometheus: requests answered by status code, and the time spent
+    answering them, labelled with the version (Prometheus's text format)."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.lock = threading.Lock()
+        self.requests: dict[int, int] = {}
+        self.seconds = 0.0
+
+    def observe(self, status: int, seconds: float) -> None:
+        with self.lock:
+            self.requests[status] = self.requests.get(status, 0) + 1
+            self.seconds += seconds
+
+    def text(self) -> str:
+        label = f'version="{self.version}"'
+        with self.lock:
+            lines = ["# HELP social_http_requests_total HTTP requests answered, by status code.",
+                     "# TYPE social_http_requests_total counter"]
+            lines += [f'social_http_requests_total{{{label},code="{code}"}} {n}'
+                      for code, n in sorted(self.requests.items())]
+            lines += ["# HELP social_http_request_duration_seconds Time spent answering requests.",
+                      "# TYPE social_http_request_duration_seconds summary",
+                      f"social_http_request_duration_seconds_sum{{{label}}} {self.seconds}",
+                      f"social_http_request_duration_seconds_count{{{label}}} {sum(self.requests.values())}"]
+        return "\n".join(lines) + "\n"
+
+
 class SocialApp:
     """The endpoints of one version, independent of HTTP plumbing so each is easy to follow."""
 
@@ -188,6 +218,7 @@ class SocialApp:
         self.fail_feed = fail_feed
         self.fail_users = fail_users
         self.slow_ms = slow_ms
+        self.metrics = Metrics(version)
         routes: list[tuple[str, str, Handler, int]] = [
             ("GET", r"/", SocialApp.index, 1),
             ("GET", r"/health", SocialApp.health, 1),
@@ -417,6 +448,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         started = time.monotonic()
         app = self.server.app
         path = self.path.split("?", 1)[0]
+        if self.command == "GET" and path == "/metrics":  # Prometheus's scrape: not counted
+            self._send_text(app.metrics.text())
+            return
         try:
             body = self._read_json() if self.command in ("POST", "PATCH", "DELETE") else {}
             if app.version >= 2 and self.headers.get("X-User-Id"):
@@ -437,6 +471,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             log.exception("unhandled error on %s %s", self.command, path)
             response = Response(500, {"error": "internal error"})
         self._send(response)
+        app.metrics.observe(response.status, time.monotonic() - started)
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info(
             '%s "%s %s" %d %.1fms',
@@ -456,6 +491,14 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Date", self.date_time_string())
         if payload:
             self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _send_text(self, text: str) -> None:
+        payload = text.encode()
+        self.send_response_only(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
