@@ -34,7 +34,7 @@ from deployctl.errors import (
     BadInput,
     DeployctlError,
 )
-from deployctl.journal import OPEN_STATUSES, Journal
+from deployctl.journal import OPEN_STATUSES, Journal, frozen_text
 from deployctl.log import configure, log
 from deployctl.playbook import reference, starter
 from deployctl.redact import redact
@@ -300,8 +300,9 @@ def _status_once(release_id: int | None, app: str | None, pb_path: str | None, s
         captured = _capture_of(journal, found.id, pb_path)
         now = (status_view.cohort_now(journal.events(found.id), datetime.now(UTC))
                if found.open else None)
+        freeze = journal.frozen(found.app)
     data = {**result.__dict__, "live_version": live["live_version"] if live else None,
-            "lock": lock, "interrupted_swap": swap, "capture": captured, "now": now}
+            "lock": lock, "interrupted_swap": swap, "capture": captured, "now": now, "frozen": freeze}
 
     def text() -> str:
         out = _result_text(result)
@@ -310,6 +311,8 @@ def _status_once(release_id: int | None, app: str | None, pb_path: str | None, s
         if captured is not None:
             out += "\n" + _capture_text(captured)
         out += f"\nlive version: {data['live_version'] or 'none'}"
+        if freeze:
+            out += f"\nreleases of {result.app} are locked {frozen_text(freeze)} (`deployctl lock release`)"
         if lock["alive"] and "holder" in lock:
             out += f"\nlock: held by {lock['holder']} since {lock['since']:%Y-%m-%d %H:%M:%S}"
         elif result.status in OPEN_STATUSES and not lock["alive"]:
@@ -369,6 +372,71 @@ def history(app: str | None, limit: int, pb_path: str | None, state_dsn: str | N
         return "\n".join(rows)
 
     _emit(releases, as_json, text)
+    return EXIT_OK
+
+
+@main.group()
+def lock() -> None:
+    """Freeze an application's releases on purpose (who and why shown to anyone refused)."""
+
+
+def _lock_target(app: str | None, pb_path: str | None, state_dsn: str | None) -> tuple[str, str]:
+    name = _app(pb_path, app)
+    if name is None:
+        raise BadInput("name the application: --app NAME or --playbook FILE")
+    return _state_dsn(pb_path, state_dsn), name
+
+
+def _freeze_text(name: str, freeze: dict[str, Any] | None) -> str:
+    return f"{name}: locked {frozen_text(freeze)}" if freeze else f"{name}: not locked"
+
+
+@lock.command("status")
+@click.option("--app", help="Application name (default: the playbook's).")
+@with_state
+@json_option
+@_errors
+def lock_status(app: str | None, pb_path: str | None, state_dsn: str | None, as_json: bool) -> int:
+    """Whether the application is locked, by whom, since when and why."""
+    state, name = _lock_target(app, pb_path, state_dsn)
+    with Journal(state) as journal:
+        freeze = journal.frozen(name)
+    _emit({"app": name, "locked": freeze is not None, "lock": freeze}, as_json,
+          lambda: _freeze_text(name, freeze))
+    return EXIT_OK
+
+
+@lock.command("acquire")
+@click.option("-m", "--message", required=True, help="Why: shown to whoever is refused.")
+@click.option("--app", help="Application name (default: the playbook's).")
+@with_state
+@json_option
+@_errors
+def lock_acquire(message: str, app: str | None, pb_path: str | None, state_dsn: str | None,
+                 as_json: bool) -> int:
+    """Lock the application: no release of it starts until `deployctl lock release` (one that
+    runs goes on; `resume` and `rollback` still work). Exit 4 if it is locked already."""
+    if not message.strip():
+        raise BadInput("--message: say why the application is locked")
+    state, name = _lock_target(app, pb_path, state_dsn)
+    with Journal(state) as journal:
+        freeze = journal.freeze(name, message.strip())
+    _emit({"app": name, "locked": True, "lock": freeze}, as_json, lambda: _freeze_text(name, freeze))
+    return EXIT_OK
+
+
+@lock.command("release")
+@click.option("--app", help="Application name (default: the playbook's).")
+@with_state
+@json_option
+@_errors
+def lock_release(app: str | None, pb_path: str | None, state_dsn: str | None, as_json: bool) -> int:
+    """Lift the application's lock (nothing to do if it is not locked)."""
+    state, name = _lock_target(app, pb_path, state_dsn)
+    with Journal(state) as journal:
+        lifted = journal.unfreeze(name)
+    _emit({"app": name, "locked": False, "lifted": lifted}, as_json,
+          lambda: f"{name}: lock released ({frozen_text(lifted)})" if lifted else f"{name}: was not locked")
     return EXIT_OK
 
 

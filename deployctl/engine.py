@@ -25,11 +25,12 @@ from deployctl.errors import (
     STATUS_EXIT_CODES,
     BadInput,
     DeployctlError,
+    LockHeld,
     LockLost,
     RollbackFailed,
 )
 from deployctl.fleet import routers, versions
-from deployctl.journal import RECONNECT_S, Journal, default_state_dsn
+from deployctl.journal import RECONNECT_S, Journal, default_state_dsn, frozen_text
 from deployctl.log import log
 from deployctl.notify import Notifier
 from deployctl.playbook import Playbook, parse
@@ -229,6 +230,9 @@ def release(pb: Playbook) -> Result:
     with Journal(state_dsn(pb)) as journal:
         journal.acquire(pb.app, pb.version)
         try:
+            if freeze := journal.frozen(pb.app):  # checked under the release lock: no race
+                raise LockHeld(f"{pb.app} is locked {frozen_text(freeze)}; `deployctl lock release "
+                               f"-p {pb.source_path}` lifts it")
             live = journal.live(pb.app)
             if live and live["live_version"] == pb.version:
                 raise BadInput(f"{pb.source_path}: version: {pb.version} is already live; "

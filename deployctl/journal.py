@@ -44,8 +44,19 @@ def with_dbname(dsn: str, dbname: str) -> str:
     return make_conninfo(dsn, dbname=dbname)
 
 
+def user_name() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 def holder_name() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+    return f"{user_name()} pid {os.getpid()}"
+
+
+def frozen_text(freeze: dict[str, Any] | None) -> str:
+    """Who froze an application, since when and why (for a refusal or `lock status`)."""
+    if freeze is None:
+        return ""
+    return f"by {freeze['holder']} since {freeze['since']:%Y-%m-%d %H:%M:%S %Z}: {freeze['message']!r}"
 
 
 @dataclass(frozen=True)
@@ -247,6 +258,26 @@ class Journal:
         ).fetchone()
         row = self.execute("SELECT * FROM deployctl.locks WHERE app = %s", (app,)).fetchone()
         return {**(row or {}), "alive": bool(alive and alive["alive"])}
+
+    # -- freezes: `deployctl lock` ---------------------------------------------------------
+
+    def freeze(self, app: str, message: str) -> dict[str, Any]:
+        """Freeze `app` (no release starts until `unfreeze`), or raise LockHeld naming who did."""
+        row = self.execute(
+            """INSERT INTO deployctl.freezes (app, message, holder) VALUES (%s, %s, %s)
+               ON CONFLICT (app) DO NOTHING RETURNING *""", (app, message, user_name())).fetchone()
+        if row is None:
+            raise LockHeld(f"{app} is already locked {frozen_text(self.frozen(app))}")
+        return dict(row)
+
+    def unfreeze(self, app: str) -> dict[str, Any] | None:
+        """Lift `app`'s freeze; what it was (None: there was none)."""
+        row = self.execute("DELETE FROM deployctl.freezes WHERE app = %s RETURNING *", (app,)).fetchone()
+        return dict(row) if row else None
+
+    def frozen(self, app: str) -> dict[str, Any] | None:
+        row = self.execute("SELECT * FROM deployctl.freezes WHERE app = %s", (app,)).fetchone()
+        return dict(row) if row else None
 
     # -- releases ---------------------------------------------------------------------------
 

@@ -64,6 +64,15 @@ CREATE TABLE IF NOT EXISTS deployctl.locks (
     since       timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+-- A deliberate freeze of an application (`deployctl lock acquire -m WHY`): no release of it
+-- starts until `deployctl lock release`. Who and why are shown to whoever is refused.
+CREATE TABLE IF NOT EXISTS deployctl.freezes (
+    app         text PRIMARY KEY,
+    message     text NOT NULL,
+    holder      text NOT NULL,
+    since       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
 -- The version each application runs now, and the release that put it there.
 CREATE TABLE IF NOT EXISTS deployctl.apps (
     app         text PRIMARY KEY,
