@@ -7,8 +7,10 @@ Requests go through HAProxy to the two tiny backends of tests/routers_env.py (a 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from deployctl.fleet.routers import GREEN, Split
+from deployctl.fleet.routers.command import CommandRouter
 from deployctl.fleet.routers.haproxy import color_of
 from deployctl.gates.watch import Watch
 from deployctl.playbook import GatesConfig, RateGate
@@ -64,3 +66,18 @@ def test_green_is_judged_against_blue_and_too_little_data_is_inconclusive(
     verdict, _ = watch.read()
     assert verdict.status == "inconclusive"
     assert "5 requests on green, fewer than 20" in verdict.as_dict()["checks"][0]["detail"]
+
+
+def test_the_error_rate_gate_reads_what_a_measuring_command_router_prints(tmp_path: Path) -> None:
+    counters = tmp_path / "counters.json"
+    program = tmp_path / "lb.sh"
+    program.write_text('#!/bin/sh\n[ "$DEPLOYCTL_ACTION" = readings ] && cat "$COUNTERS"\nexit 0\n')
+    program.chmod(0o755)
+    router = CommandRouter([str(program)], env={"COUNTERS": str(counters)}, measures=True)
+    counters.write_text('{"blue": {"requests": 100, "errors": 1}, "green": {"requests": 100, "errors": 1}}')
+    gates = GatesConfig(interval=1.0, min_requests=20, error_rate=RateGate(max=0.05))
+    watch = Watch(gates, router, "", datetime.now(UTC), {})
+    counters.write_text('{"blue": {"requests": 200, "errors": 2}, "green": {"requests": 140, "errors": 13}}')
+    verdict, figures = watch.read()  # green: 12 errors in 40 requests since the last reading
+    assert verdict.status == "fail" and "30.00% of 40 requests, above 5.00%" in verdict.failures()
+    assert figures["green"]["requests"] == 40

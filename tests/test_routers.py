@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deployctl.errors import BadInput, StepFailed
-from deployctl.fleet.routers import BLUE, GREEN, Endpoint, Readings, Router, Split
+from deployctl.fleet.routers import BLUE, GREEN, Endpoint, Reading, Readings, Router, Split
 from deployctl.fleet.routers.command import CommandRouter
 from deployctl.fleet.routers.haproxy import HaproxyRouter, color_of
 from deployctl.fleet.routers.nginx import NginxRouter
@@ -321,6 +321,22 @@ def test_command_router_passes_the_split_and_the_servers_in_its_environment(tmp_
     router.point(BLUE, [Endpoint("10.0.0.9", 8001)])
     assert variables()["DEPLOYCTL_BLUE"] == "10.0.0.9:8001"
     assert router.readings() == Readings(blue=None, green=None)
+
+
+def test_command_router_readings_are_what_the_command_prints(tmp_path: Path) -> None:
+    said = tmp_path / "said.json"
+    body = ('[ "$DEPLOYCTL_ACTION" = readings ] || exit 0\n'
+            'echo "looking at the load balancer" >&2\necho "some chatter"\ncat "$SAID"\n')
+    router = CommandRouter([str(script(tmp_path, body))], env={"SAID": str(said)}, measures=True)
+    said.write_text('{"blue": {"requests": 1200, "errors": 3, "response_ms": 41.5}, '
+                    '"green": {"requests": 80, "errors": 9}}\n')
+    assert router.readings() == Readings(blue=Reading(1200, 3, 41.5), green=Reading(80, 9, None))
+    said.write_text('{"green": {"requests": 80}}\n')  # no errors counter: no reading, no failure
+    assert router.readings() == Readings()
+    said.write_text("not json\n")
+    assert router.readings() == Readings()
+    quiet = CommandRouter([str(script(tmp_path, "exit 7\n"))], measures=True)
+    assert quiet.readings() == Readings(), "a failing readings command is inconclusive, not a failed step"
 
 
 def test_command_router_failure_reports_the_end_of_its_output(tmp_path: Path) -> None:

@@ -366,11 +366,15 @@ class CommandRouterConfig(Model):
 
     argv: list[str] = Field(min_length=1)
     """The command, run once per change with `DEPLOYCTL_ACTION`, `DEPLOYCTL_ALLOW`, `DEPLOYCTL_PERCENT`,
-    `DEPLOYCTL_MAINTENANCE`, `DEPLOYCTL_BLUE` and `DEPLOYCTL_GREEN` in its environment. It cannot
-    measure: the error-rate and response-time gates are inconclusive under it (set them off, or
-    `on_inconclusive`, and gate on `sql` and `http`)."""
+    `DEPLOYCTL_MAINTENANCE`, `DEPLOYCTL_BLUE` and `DEPLOYCTL_GREEN` in its environment. Unless it
+    gives `readings`, it cannot measure: the error-rate and response-time gates are then always
+    inconclusive (switch them off and gate on `prometheus`, `sql` or `http`)."""
     timeout: Duration = 60.0
     """Time the command has to finish."""
+    readings: bool = False
+    """The command also measures: run with `DEPLOYCTL_ACTION=readings`, it prints as its last
+    line JSON of each color's cumulative counters, `{"blue": {"requests": 1200, "errors": 3,
+    "response_ms": 41.5}, "green": {…}}`, which the error-rate and response-time gates read."""
 
     _split = field_validator("argv", mode="before")(split_command)
 

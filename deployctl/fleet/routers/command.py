@@ -9,19 +9,24 @@ Each change runs the configured argv once, with what to do in its environment:
   the servers as comma-separated `host:port`.
 
 Exit status 0 means done; anything else fails the step with the end of the program's output.
-The command router cannot measure traffic: its readings are empty, which the gates treat as
-inconclusive, never as a pass.
+
+With `readings: true` the program also measures: at every gate reading it runs with
+`DEPLOYCTL_ACTION=readings` and prints, as its last line, JSON of each color's cumulative
+counters: `{"blue": {"requests": 1200, "errors": 3, "response_ms": 41.5}, "green": {...}}`
+(`response_ms` optional). Otherwise, or when that fails, its readings are empty, which the gates
+treat as inconclusive, never as a pass.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deployctl.errors import BadInput, StepFailed
-from deployctl.fleet.routers import BLUE, GREEN, Endpoint, Readings, Split
+from deployctl.fleet.routers import BLUE, GREEN, Endpoint, Reading, Readings, Split
 from deployctl.fleet.routers.files import last_lines
 from deployctl.log import log
 
@@ -49,17 +54,19 @@ class CommandRouter:
     """Runs `argv` for every change; `env` adds to (not replaces) deployctl's environment."""
 
     def __init__(self, argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 300.0) -> None:
+                 timeout: float = 300.0, measures: bool = False) -> None:
         if not argv:
             raise BadInput("command router: the command is empty")
         self.argv, self.cwd, self.env, self.timeout = list(argv), cwd, dict(env or {}), timeout
+        self.measures = measures
 
     @classmethod
     def from_config(cls, config: RouterConfig, app: str) -> CommandRouter:
         """The router a playbook's `router:` section (type `command`) describes."""
         if config.command is None:
             raise BadInput(f"{app}: router type command needs its settings under `command:`")
-        return cls(list(config.command.argv), timeout=config.command.timeout)
+        return cls(list(config.command.argv), timeout=config.command.timeout,
+                   measures=config.command.readings)
 
     def apply(self, split: Split) -> None:
         self._run(apply_env(split))
@@ -72,14 +79,23 @@ class CommandRouter:
                  servers=[f"{e.host}:{e.port}" for e in endpoints])
 
     def readings(self) -> Readings:
-        """Nothing measured: None for both colors (inconclusive for the gates)."""
-        return Readings()
+        """What the program measured (`readings: true`); else, or if it could not say, nothing:
+        None for both colors (inconclusive for the gates, never a failed step)."""
+        if not self.measures:
+            return Readings()
+        try:
+            said = self._run({"DEPLOYCTL_ACTION": "readings"}, stderr=subprocess.DEVNULL)
+            found = json.loads(said.strip().splitlines()[-1])
+            return Readings(blue=_reading(found.get("blue")), green=_reading(found.get("green")))
+        except (StepFailed, ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("router.readings: the router command gave no readings", problem=str(exc))
+            return Readings()
 
-    def _run(self, variables: dict[str, str]) -> None:
+    def _run(self, variables: dict[str, str], stderr: int = subprocess.STDOUT) -> str:
         action = variables["DEPLOYCTL_ACTION"]
         try:
             done = subprocess.run(self.argv, cwd=self.cwd, env={**os.environ, **self.env, **variables},
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
                                   text=True, errors="replace", timeout=self.timeout, check=False)
         except FileNotFoundError as exc:
             raise StepFailed(f"router command {self.argv[0]}: not found ({exc.strerror})") from exc
@@ -94,3 +110,15 @@ class CommandRouter:
         if done.returncode != 0:
             raise StepFailed(f"router command {self.argv[0]} ({action}) exited with status "
                              f"{done.returncode}: {last_lines(done.stdout)}")
+        return done.stdout
+
+
+def _reading(counters: object) -> Reading | None:
+    """One color's counters as the program printed them (None: it printed none)."""
+    if counters is None:
+        return None
+    if not isinstance(counters, dict):
+        raise ValueError(f"expected an object of counters, got {counters!r}")
+    response = counters.get("response_ms")
+    return Reading(requests=int(counters["requests"]), errors=int(counters["errors"]),
+                   response_ms=None if response is None else float(response))
