@@ -35,6 +35,10 @@ from deployctl.localpg import LocalCluster
 from deployctl.playbook import load
 from deployctl.steps import Run
 
+# The fixtures of real servers, for every test module that asks for them by name: backends,
+# HAProxy and nginx for the routers; sshd and its keys; HAProxy in front of a test's app.
+pytest_plugins = ["tests.routers_env", "tests.sshd", "tests.traffic_env"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SOCIAL = ROOT / "examples" / "social"
 

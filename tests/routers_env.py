@@ -6,8 +6,8 @@ foreground from a temporary folder, configured by the routers' own `render_confi
 loopback ports. A missing haproxy or nginx fails the tests when the CI variable is set (never a
 silent skip there); elsewhere they are skipped with the reason.
 
-A test module imports the fixtures (`backends_fixture`, `haproxy_env_fixture`,
-`nginx_env_fixture`); its tests ask for them as `backends`, `haproxy_env` and `nginx_env`.
+tests/conftest.py registers the fixtures (`backends_fixture`, `haproxy_env_fixture`,
+`nginx_env_fixture`) for every test module; tests ask for them as `backends`, `haproxy_env` and `nginx_env`.
 """
 
 from __future__ import annotations

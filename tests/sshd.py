@@ -8,8 +8,9 @@ key; as another user it runs as that user, who is the only one it can log in.
 A missing sshd fails the tests when the CI variable is set (never a silent skip there);
 elsewhere they are skipped with the reason.
 
-A test module imports the fixtures (`ssh_keys_fixture`, `sshd_fixture`, `own_sshd_fixture`,
-`known_hosts_fixture`); its tests ask for them as `ssh_keys`, `sshd`, `own_sshd`, `known_hosts`.
+tests/conftest.py registers the fixtures (`ssh_keys_fixture`, `sshd_fixture`, `own_sshd_fixture`,
+`known_hosts_fixture`) for every test module; tests ask for them as `ssh_keys`, `sshd`,
+`own_sshd`, `known_hosts`.
 """
 
 from __future__ import annotations

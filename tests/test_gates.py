@@ -14,11 +14,9 @@ from deployctl.fleet.routers.command import CommandRouter
 from deployctl.fleet.routers.haproxy import color_of
 from deployctl.gates.watch import Watch
 from deployctl.playbook import GatesConfig, RateGate
-from tests.routers_env import (  # noqa: F401 (the *_fixture names register the fixtures)
+from tests.routers_env import (
     Backends,
     HaproxyEnv,
-    backends_fixture,
-    haproxy_env_fixture,
     request,
 )
 

@@ -25,7 +25,7 @@ from deployctl.notify import Notifier
 from deployctl.playbook import load
 from tests.conftest import Env, free_port
 from tests.routers_env import HaproxyEnv
-from tests.test_traffic import GATES, Users, haproxy_fixture, released_v1, routed  # noqa: F401
+from tests.traffic_env import GATES, Users, released_v1, routed
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from deployctl.playbook import PrometheusGate
 from tests.conftest import Env, free_port, wait_for
 from tests.prometheus_env import prometheus as prometheus_server
 from tests.routers_env import HaproxyEnv
-from tests.test_traffic import Users, haproxy_fixture, released_v1, routed, versions_now  # noqa: F401
+from tests.traffic_env import Users, released_v1, routed, versions_now
 
 pytestmark = pytest.mark.integration
 

@@ -33,7 +33,7 @@ from deployctl.journal import Journal
 from tests.conftest import Env, seed, wait_for
 from tests.routers_env import HaproxyEnv
 from tests.test_no_lost_actions import users as social_users
-from tests.test_traffic import GATES, STAFF, Users, haproxy_fixture, released_v1, routed  # noqa: F401
+from tests.traffic_env import GATES, STAFF, Users, released_v1, routed
 
 pytestmark = pytest.mark.integration
 

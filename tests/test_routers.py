@@ -18,16 +18,13 @@ from deployctl.fleet.routers.command import CommandRouter
 from deployctl.fleet.routers.haproxy import HaproxyRouter, color_of
 from deployctl.fleet.routers.nginx import NginxRouter
 from tests.conftest import wait_for
-from tests.routers_env import (  # noqa: F401 (the *_fixture names register the fixtures)
+from tests.routers_env import (
     RETRY_AFTER,
     Backends,
     HaproxyEnv,
     Load,
     NginxEnv,
-    backends_fixture,
     colors,
-    haproxy_env_fixture,
-    nginx_env_fixture,
     request,
     shares,
 )

@@ -39,16 +39,12 @@ from deployctl.fleet.transports.ssh import (
     remote_command,
     shown_command,
 )
-from tests.sshd import (  # noqa: F401 (the *_fixture names register the fixtures)
+from tests.sshd import (
     Keys,
     Sshd,
     free_port,
-    known_hosts_fixture,
     make_key,
-    own_sshd_fixture,
     require,
-    ssh_keys_fixture,
-    sshd_fixture,
 )
 
 

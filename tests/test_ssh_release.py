@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import SOCIAL, Env
 from tests.routers_env import HaproxyEnv
-from tests.sshd import Keys, Sshd, known_hosts_fixture, ssh_keys_fixture, sshd_fixture  # noqa: F401
-from tests.test_traffic import GATES, Users, haproxy_fixture, versions_now  # noqa: F401
+from tests.sshd import Keys, Sshd
+from tests.traffic_env import GATES, Users, versions_now
 
 pytestmark = pytest.mark.integration
 

@@ -10,138 +10,21 @@ step with no conclusive reading rolls back in CI.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
-from deployctl.fleet.routers import Endpoint, Split
-from deployctl.fleet.routers import haproxy as haproxy_router
-from tests.conftest import Env, seed
-from tests.routers_env import HaproxyEnv, free_port
+from tests.conftest import Env, seed, wait_for
+from tests.routers_env import HaproxyEnv
+from tests.traffic_env import GATES, STAFF, USERS, Users, released_v1, routed, versions_now
 
 pytestmark = pytest.mark.integration
-
-USERS = [f"user{i}" for i in range(200)]
-STAFF = ["user7", "user42"]
-
-
-@pytest.fixture(name="haproxy")
-def haproxy_fixture(env: Env) -> Iterator[HaproxyEnv]:
-    # A short folder: a unix socket's path holds ~100 bytes at most.
-    folder = Path(tempfile.mkdtemp(prefix="dc-haproxy-"))
-    port, maps, admin = free_port(), folder / "maps", folder / "admin.sock"
-    config = folder / "haproxy.cfg"
-    config.write_text(haproxy_router.render_config(
-        listen=Endpoint("127.0.0.1", port), socket_path=admin, state_dir=maps,
-        blue=[Endpoint("127.0.0.1", env.blue_port)], green=[Endpoint("127.0.0.1", env.green_port)]))
-    haproxy_router.write_map_files(maps, Split())
-    proxy = HaproxyEnv(port, folder, config, haproxy_router.HaproxyRouter(admin, maps))
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def routed(env: Env, proxy: HaproxyEnv, version: str, **changes: Any) -> Path:
-    """A playbook for `version` behind the test's HAProxy."""
-    port = env.blue_port if version == "1" else env.green_port
-    deploy = {"endpoints": [f"127.0.0.1:{port}"], **changes.pop("deploy", {})}
-    return env.playbook(version, deploy=deploy, router={
-        "type": "haproxy", "retry_after": "2s",
-        "haproxy": {"socket": str(proxy.folder / "admin.sock"), "maps": str(proxy.folder / "maps")},
-    }, **changes)
-
-
-# A slow machine may leave a short step without a conclusive reading: these tests are about moving
-# users and breaches, so such a step goes on (the test of inconclusive steps sets `pause`).
-GATES = {"interval": "0.4s", "failures": 2, "min_requests": 3, "error_rate": {"max": 0.05},
-         "on_inconclusive": "continue"}
-
-
-@dataclass
-class Users:
-    """Simulated users reading their feed through HAProxy, each request recorded."""
-
-    port: int
-    seen: list[tuple[float, str, int | None, str | None]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def _run(self, offset: int) -> None:
-        i = offset
-        while not self.stop.is_set():
-            user = USERS[i % len(USERS)]
-            i += 7
-            status: int | None = None
-            version: str | None = None
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/feed", headers={"X-User-Id": user})
-                resp = conn.getresponse()
-                resp.read()
-                status, server = resp.status, resp.getheader("Server") or ""
-                version = server.removeprefix("social/") if server.startswith("social/") else None
-                conn.close()
-            except (OSError, http.client.HTTPException):
-                pass
-            self.seen.append((time.monotonic(), user, status, version))
-            time.sleep(0.002)
-
-    def __enter__(self) -> Users:
-        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(4)]
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
-
-    def failed(self) -> list[tuple[float, str, int | None, str | None]]:
-        return [s for s in self.seen if s[2] != 200]
-
-    def first_on(self, version: str) -> dict[str, float]:
-        first: dict[str, float] = {}
-        for at, user, _, seen in self.seen:
-            if seen == version:
-                first.setdefault(user, at)
-        return first
-
-
-def versions_now(port: int) -> dict[str, str | None]:
-    """The version each user gets right now."""
-    out = {}
-    for user in USERS:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/health", headers={"X-User-Id": user})
-        resp = conn.getresponse()
-        resp.read()
-        out[user] = (resp.getheader("Server") or "").removeprefix("social/")
-        conn.close()
-    return out
-
-
-def released_v1(env: Env, proxy: HaproxyEnv) -> None:
-    done = env.cli("release", str(routed(env, proxy, "1")))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert set(versions_now(proxy.port).values()) == {"1"}
-
 
 def test_a_staged_release_moves_each_user_once_allow_list_first_with_no_failed_request(
         env: Env, haproxy: HaproxyEnv) -> None:
@@ -222,13 +105,6 @@ def test_a_business_metric_below_its_baseline_and_a_failing_probe_roll_back(
     assert "feed as a beta user:" in reason and "status 404, expected 200" in reason, reason
 
 
-def _wait_for(env: Env, what: str, check: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_operators_pause_promote_and_abort_a_running_release_from_another_terminal(
         env: Env, haproxy: HaproxyEnv) -> None:
     released_v1(env, haproxy)
@@ -246,7 +122,7 @@ def test_operators_pause_promote_and_abort_a_running_release_from_another_termin
             rid = row["id"] if row and row["version"] == "2" else None
             return rid is not None and (step, "started") in env.events(rid)
 
-        _wait_for(env, "cohort.staff", lambda: at("cohort.staff"))
+        wait_for("cohort.staff", lambda: at("cohort.staff"))
         state = ["--state-dsn", env.state_dsn]
         paused = env.cli("pause", *state)
         assert paused.returncode == 0, paused.stderr
@@ -257,14 +133,14 @@ def test_operators_pause_promote_and_abort_a_running_release_from_another_termin
         paused = env.cli("pause", *state)
         assert paused.returncode == 0, paused.stderr
         # `status` shows the step, its share and the pause, with when it rolls back on its own.
-        _wait_for(env, "the pause in status",
+        wait_for("the pause in status",
                   lambda: "paused, waiting for an operator" in env.cli("status", *state).stdout)
         shown = env.cli("status", *state).stdout
         assert f"now: cohort.staff: 0% of users and {len(STAFF)} allow-listed on version 2" in shown, shown
         assert "left in the hold" in shown and "rolls back on its own at" in shown, shown
         promoted = env.cli("promote", *state)
         assert promoted.returncode == 0, promoted.stderr
-        _wait_for(env, "cohort.beta", lambda: at("cohort.beta"))
+        wait_for("cohort.beta", lambda: at("cohort.beta"))
         assert rid is not None
         detail = [e for e in env.events(rid) if e == ("cohort.staff", "done")]
         assert detail, "the promoted step is done"
@@ -295,13 +171,13 @@ def test_operators_pause_promote_and_abort_a_running_release_from_another_termin
             return conn.execute("SELECT count(*) FROM deployctl.wal_batches WHERE release_id = %s",
                                 (rid,)).fetchone() != (0,)
 
-    _wait_for(env, "the capture keeper to store the slot's WAL", stored)
+    wait_for("the capture keeper to store the slot's WAL", stored)
     finished = env.cli("rollback", str(rid), *state, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert env.release_row(rid)["status"] == "rolled_back"  # type: ignore[index]
     assert env.cli("pause", *state).returncode == 2
     keeper_log = env.workdir / f"social-{rid}-keeper.log"
-    _wait_for(env, "the keeper to stop", lambda: "capture keeper stopped" in keeper_log.read_text())
+    wait_for("the keeper to stop", lambda: "capture keeper stopped" in keeper_log.read_text())
     assert stat.S_IMODE(keeper_log.stat().st_mode) == 0o600
     # Nothing users wrote while the release was aborted is lost by the rollback's restore.
     with psycopg.connect(env.app_dsn) as conn:
@@ -332,7 +208,7 @@ def test_a_rollback_requested_during_deploy_is_carried_out_before_the_next_step(
             row = env.release_row()
             return row is not None and ("deploy", "started") in env.events(row["id"])
 
-        _wait_for(env, "the deploy step", deploying)
+        wait_for("the deploy step", deploying)
         asked = env.cli("rollback", "--state-dsn", env.state_dsn)
         assert asked.returncode == 0, asked.stderr
         assert "rollback requested" in asked.stdout
@@ -358,7 +234,7 @@ def test_status_watch_follows_a_running_release_until_it_ends(env: Env, haproxy:
             row = env.release_row()
             return row is not None and row["version"] == "2"
 
-        _wait_for(env, "release 2", started)
+        wait_for("release 2", started)
         streamed = subprocess.Popen(  # beside it, the same as one JSON object per line
             [sys.executable, "-m", "deployctl", "status", "--watch", "--json", "--interval", "0.5",
              "--state-dsn", env.state_dsn], cwd=env.dir, stdout=subprocess.PIPE, text=True)
