@@ -52,7 +52,7 @@ soak: test-setup fleet-tools
 bench: setup
 	@$(BIN)/python -m bench
 
-lint: test-setup
+lint: test-setup  # also checked by tests/test_code_style.py
 	$(BIN)/ruff check deployctl tests examples bench
 	$(BIN)/mypy deployctl
 

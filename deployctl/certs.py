@@ -28,10 +28,10 @@ def served_not_after(url: str, timeout: float = TIMEOUT) -> datetime:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout) as raw:
-        # SNI with the URL's host, so a server hosting many sites shows this site's certificate.
-        with context.wrap_socket(raw, server_hostname=parts.hostname) as tls:
-            der = tls.getpeercert(binary_form=True)
+    # SNI with the URL's host, so a server hosting many sites shows this site's certificate.
+    with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout) as raw, \
+            context.wrap_socket(raw, server_hostname=parts.hostname) as tls:
+        der = tls.getpeercert(binary_form=True)
     if not der:
         raise ValueError("the server sent no certificate")
     return x509.load_der_x509_certificate(der).not_valid_after_utc

@@ -23,7 +23,7 @@ def private_dir(path: Path, top: Path | None = None) -> Path:
     top = top or path
     for folder in (path, *path.parents):
         folder.chmod(0o700)  # also what mkdir's mode lost to the umask
-        if folder == top or folder.parent == folder:
+        if folder in (top, folder.parent):
             break
     return path
 
@@ -42,4 +42,4 @@ def write_private(path: Path, data: bytes, *, mode: str = "replace") -> None:
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
-    os.replace(tmp, path)
+    tmp.replace(path)

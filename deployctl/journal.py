@@ -6,6 +6,7 @@ application's server), which is created on first use from deployctl/sql/state.sq
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import os
@@ -98,13 +99,12 @@ def _ensure_database(state_dsn: str) -> None:
     except psycopg.OperationalError as exc:
         if f'database "{dbname}" does not exist' not in str(exc):
             raise BadInput(
-                f"state database {safe_dsn(state_dsn)} is unreachable: {str(exc).strip()}"
+                f"state database {safe_dsn(state_dsn)} is unreachable: {' '.join(str(exc).split())}"
             ) from None
-    with psycopg.connect(with_dbname(state_dsn, "postgres"), autocommit=True) as conn:
-        try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(dbname))))
-        except psycopg.errors.DuplicateDatabase:
-            pass  # created by a concurrent deployctl
+    # DuplicateDatabase: a concurrent deployctl made it.
+    with psycopg.connect(with_dbname(state_dsn, "postgres"), autocommit=True) as conn, \
+            contextlib.suppress(psycopg.errors.DuplicateDatabase):
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(dbname))))
 
 
 class Journal:

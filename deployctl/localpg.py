@@ -11,7 +11,6 @@ laptop or a CI machine, never for production.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import shutil
@@ -43,9 +42,9 @@ def server_bindir() -> Path:
     found = shutil.which("initdb")
     if found:
         return Path(os.path.realpath(found)).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
     if candidates:
-        return Path(candidates[0]).parent
+        return candidates[0].parent
     raise LocalPgError(
         "PostgreSQL server binaries (initdb, pg_ctl) not found: install them "
         "(Debian: apt-get install postgresql) or put them on PATH"

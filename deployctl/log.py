@@ -14,7 +14,7 @@ from deployctl.redact import redact
 
 
 def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
-    return redact(dict(event))  # type: ignore[no-any-return]
+    return redact(dict(event))
 
 
 def use_color(wanted: bool | None = None) -> bool:

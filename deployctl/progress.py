@@ -55,7 +55,7 @@ def watching(what: str, measure: Callable[[], float], total: float | None,
         while not stop.wait(every):
             try:
                 done = measure()
-            except Exception:  # noqa: BLE001 (a progress line is never worth failing a step for)
+            except Exception:  # noqa: BLE001, S112 (a progress line is never worth failing a step for)
                 continue
             seconds = time.monotonic() - started
             if terminal:

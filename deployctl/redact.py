@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+T = TypeVar("T")
 
 MASK = "***"
 # Short values ("0", "on", port numbers) would mask half the output and protect nothing.
@@ -37,16 +39,20 @@ def conninfo_password(dsn: str) -> str | None:
         return None
 
 
-def redact(value: Any) -> Any:
+def redact(value: T) -> T:
     """The same value with every registered secret and DSN password masked."""
+    return cast(T, _masked(value))
+
+
+def _masked(value: Any) -> Any:
     if isinstance(value, str):
         for secret in sorted(_secrets, key=len, reverse=True):
             value = value.replace(secret, MASK)
         return _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", value)
     if isinstance(value, dict):
-        return {k: redact(v) for k, v in value.items()}
+        return {k: _masked(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(redact(v) for v in value)
+        return type(value)(_masked(v) for v in value)
     return value
 
 

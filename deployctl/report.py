@@ -41,6 +41,7 @@ from deployctl.journal import Journal, Release
 from deployctl.log import log
 from deployctl.playbook import Playbook, parse
 from deployctl.redact import redact
+from deployctl.report_html import page
 from deployctl.report_text import blocks, markdown, narrative, step_summary
 from deployctl.steps import forward, rollback
 
@@ -337,7 +338,7 @@ def build(journal: Journal, release_id: int, personal: Iterable[str] = ()) -> di
     data["summary"] = narrative(data)
     values = _personal_values(journal, release_id, masked)
     safe = _mask_rows(data, frozenset(masked), values)
-    return redact(_scrub(safe, values))  # type: ignore[no-any-return]
+    return redact(_scrub(safe, values))
 
 
 def _jsonable(node: Any) -> Any:
@@ -385,13 +386,13 @@ def _mask_rows(node: Any, personal: frozenset[str], values: set[str]) -> Any:
         if table and key in _ROW_PARTS and isinstance(value, dict):
             row = {}
             for column, v in value.items():
-                if v is not None and _is_personal(table, column, personal):
-                    if isinstance(v, str | int | float) and len(str(v)) >= _MIN_SCRUB_LEN:
-                        values.add(str(v))
-                    v = MASK
-                row[column] = v
-            value = row
-        out[key] = _mask_rows(value, personal, values)
+                masked = v is not None and _is_personal(table, column, personal)
+                if masked and isinstance(v, str | int | float) and len(str(v)) >= _MIN_SCRUB_LEN:
+                    values.add(str(v))
+                row[column] = MASK if masked else v
+            out[key] = _mask_rows(row, personal, values)
+        else:
+            out[key] = _mask_rows(value, personal, values)
     return out
 
 
@@ -420,14 +421,12 @@ def render(data: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         text = json.dumps(data, indent=2, default=str)
     elif fmt == "html":
-        from deployctl.report_html import page
-
         text = page(data, blocks(data))
     elif fmt == "md":
         text = markdown(data)
     else:
         raise ValueError(f"unknown report format {fmt!r}: one of {', '.join(FORMATS)}")
-    return redact(text)  # type: ignore[no-any-return]
+    return redact(text)
 
 
 def write(path: Path, text: str) -> None:

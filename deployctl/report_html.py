@@ -87,11 +87,11 @@ def chart(data: dict[str, Any]) -> str:
     """An SVG of the gate readings over the release's time (seconds since it started)."""
     readings = data["readings"]
     cohorts = [s for s in data["steps"] if s["step"].startswith("cohort.") and s["offset_s"] is not None]
-    times = [r["offset_s"] for r in readings] + [s["offset_s"] for s in cohorts]
+    times: list[float] = [r["offset_s"] for r in readings] + [s["offset_s"] for s in cohorts]
     decision = data["decision"]
     failed = next((s for s in cohorts if s["step"] == decision["step"]), None)
-    decided = (failed["offset_s"] + failed["duration_s"]
-               if failed and failed["duration_s"] is not None else None)
+    decided: float | None = (failed["offset_s"] + failed["duration_s"]
+                             if failed and failed["duration_s"] is not None else None)
     t0, t1 = min(times), max(times if decided is None else [*times, decided])
     t1 += max(t1 - t0, 1.0) * 0.04  # the last reading and the decision stay off the frame
     rates = [r[side]["error_rate"] for r in readings for side in ("green", "blue")

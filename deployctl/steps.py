@@ -202,9 +202,8 @@ def finalize(run: Run) -> Outcome:
         router.point(routers.BLUE, routers.endpoints(run.pb))
         router.apply(routers.Split())
     live = versions.make_live(run.pb)
-    if blue is not None and blue.version != run.pb.version:
-        if versions.stop(blue, run.pb.workdir):
-            stopped = blue.version
+    if blue is not None and blue.version != run.pb.version and versions.stop(blue, run.pb.workdir):
+        stopped = blue.version
 
     # Lazy capture: the delta of a release that succeeds is never needed. It is discarded with
     # the release's `done` (until then a rollback still has it whole); the slot goes after.

@@ -34,6 +34,8 @@ import psycopg
 from deployctl.localpg import LocalCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "social"))
+import contextlib
+
 import users  # noqa: E402  (examples/social/users.py: the simulated users)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,10 +49,8 @@ def banner(text: str) -> None:
 def stop_leftovers() -> None:
     """Stop app processes a previous demo left running (their pidfiles say which)."""
     for pidfile in (DEMO / "deployctl" / "run").glob("*/*.pid"):
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             os.killpg(int(json.loads(pidfile.read_text())["pid"]), signal.SIGTERM)
-        except (OSError, ValueError, KeyError):
-            pass
         pidfile.unlink()
 
 

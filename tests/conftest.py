@@ -9,6 +9,7 @@ error.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -223,10 +224,8 @@ class Env:
         import signal
 
         for pidfile in ((workdir or self.workdir) / "run").glob("*/*.pid"):
-            try:
+            with contextlib.suppress(OSError, ValueError, KeyError):
                 os.killpg(int(json.loads(pidfile.read_text())["pid"]), signal.SIGKILL)
-            except (OSError, ValueError, KeyError):
-                pass
 
 
 def _janitor(server: str, dbname: str) -> DatabaseJanitor:

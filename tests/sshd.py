@@ -15,6 +15,7 @@ tests/conftest.py registers the fixtures (`ssh_keys_fixture`, `sshd_fixture`, `o
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import signal
@@ -157,10 +158,8 @@ class Sshd:
         """Cut open connections as a crash or a network failure would: SIGKILL, no goodbye."""
         pids = self.sessions() if pids is None else pids
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         return len(pids)
 
     def connections(self) -> int:

@@ -133,7 +133,7 @@ def _link_to(target: str) -> Break:
 
 
 def _fifo(data: dict[str, Any], env: Env) -> Callable[[Path], None]:
-    return lambda path: os.mkfifo(path)
+    return os.mkfifo
 
 
 LAUGHS = "".join(

@@ -6,17 +6,21 @@ Every test sends real HTTP requests through the proxy to backends that answer wi
 
 from __future__ import annotations
 
+import importlib
 import os
 import stat
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from deployctl.errors import BadInput, StepFailed
+from deployctl.fleet import routers
 from deployctl.fleet.routers import BLUE, GREEN, Endpoint, Reading, Readings, Router, Split
 from deployctl.fleet.routers.command import CommandRouter
 from deployctl.fleet.routers.haproxy import HaproxyRouter, color_of
 from deployctl.fleet.routers.nginx import NginxRouter
+from deployctl.playbook import RouterConfig
 from tests.conftest import wait_for
 from tests.routers_env import (
     RETRY_AFTER,
@@ -347,3 +351,11 @@ def test_command_router_failure_reports_the_end_of_its_output(tmp_path: Path) ->
     assert "line 4" not in message  # the end of the output, not all of it
     with pytest.raises(StepFailed, match="not found"):
         CommandRouter([os.fspath(tmp_path / "missing-command")]).apply(Split())
+
+
+def test_every_router_type_a_playbook_may_name_has_a_driver() -> None:
+    named = set(get_args(RouterConfig.model_fields["type"].annotation))
+    assert named == set(routers.ROUTERS)
+    for path in routers.ROUTERS.values():
+        module, _, name = path.partition(":")
+        assert callable(getattr(importlib.import_module(module), name).from_config)

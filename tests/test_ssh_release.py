@@ -7,6 +7,7 @@ against a known_hosts file; an unknown host is refused before anything is touche
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,10 +54,8 @@ def root_fixture(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "srv" / "social"
     yield root
     for pidfile in root.glob("run/*/*.pid"):
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             os.killpg(int(json.loads(pidfile.read_text())["pid"]), signal.SIGKILL)
-        except (OSError, ValueError, KeyError):
-            pass
 
 
 def test_a_staged_release_over_ssh_uploads_switches_current_and_moves_users(

@@ -15,6 +15,7 @@ replays (replication origin `deployctl`) are left out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -130,7 +131,7 @@ def install_triggers(conn: psycopg.Connection[Any], schemas: list[str]) -> list[
     trigger is not, so every partition gets its own.
     """
     with conn.transaction():
-        conn.execute(TRIGGER_SQL.read_text())  # type: ignore[arg-type]
+        conn.execute(TRIGGER_SQL.read_text())
         missing = conn.execute(
             """SELECT n.nspname, c.relname,
                       NOT c.relispartition AND NOT EXISTS (SELECT 1 FROM pg_trigger t
@@ -638,10 +639,8 @@ class Worker(threading.Thread):
 
     def _decode(self) -> None:
         if self.nice:
-            try:
+            with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread (Linux)
-            except OSError:
-                pass
         while not self.stopping.wait(self.interval):
             try:
                 with psycopg.connect(self.state_dsn, autocommit=True) as state:

@@ -159,7 +159,7 @@ def current_revision(state: psycopg.Connection[Any], release_id: int) -> str | N
     if row is None:
         return None
     base, last, points = row
-    return last if points else base
+    return str(last) if points else base if base is None else str(base)
 
 
 def revision_after(before: str | None, writes: Iterable[tuple[Any, Any]]) -> str | None:

@@ -67,7 +67,7 @@ class Alembic:
             return None
         if len(revisions) > 1:
             raise BadInput(f"migrations.target: {target!r} names several heads; pick one")
-        return str(revisions[0].revision)  # type: ignore[union-attr]
+        return str(revisions[0].revision)
 
     def current(self) -> str | None:
         with psycopg.connect(self.dsn, connect_timeout=10) as conn:

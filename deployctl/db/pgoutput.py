@@ -402,7 +402,7 @@ class Decoder:
         old_is_key = False
         pos = 5
         marker = data[pos] if pos < len(data) else _truncated(pos)
-        if marker == _KEY or marker == _OLD:
+        if marker in (_KEY, _OLD):
             old_is_key = marker == _KEY
             old, pos = self._tuple(data, pos + 1, rel, key_only=old_is_key)
         _expect(data, pos, _NEW, "'K', 'O' or 'N' after the relation id")
@@ -414,7 +414,7 @@ class Decoder:
         txn = self._require_open()
         rel = self._known_relation(data)
         marker = data[5] if len(data) > 5 else _truncated(5)
-        if marker != _KEY and marker != _OLD:
+        if marker not in (_KEY, _OLD):
             raise DecodeError(f"expected 'K' or 'O' after the relation id, got {chr(marker)!r}", offset=5)
         old_is_key = marker == _KEY
         old, pos = self._tuple(data, 6, rel, key_only=old_is_key)

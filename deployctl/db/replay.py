@@ -403,7 +403,7 @@ class _Table:
             "SELECT {p}.deployctl_conflict, {p}.deployctl_key, {p}.deployctl_final, to_jsonb({t}) "
             "FROM {plan} {p} LEFT JOIN {tbl} AS {t} ON {t}.ctid = {p}.deployctl_ctid "
             "WHERE {p}.deployctl_conflict IS NOT NULL ORDER BY {p}.deployctl_key").format(
-                p=_P, t=_T, tbl=self.ident, plan=self.plan)).fetchall()  # type: ignore[return-value]
+                p=_P, t=_T, tbl=self.ident, plan=self.plan)).fetchall()
 
     def write(self, action: str, overwrite: bool) -> None:
         """Write the planned rows of one action; conflicting ones only if `overwrite`."""

@@ -121,7 +121,7 @@ class Mapper:
                 "ELSE jsonb_build_object({c}, (SELECT ({e}){as_text} FROM (SELECT {i} || COALESCE("
                 "(SELECT jsonb_object_agg(j, ({i} ->> j)::jsonb) FROM unnest(r.json_columns) j "
                 "WHERE {i} ->> j IS NOT NULL), '{{}}') AS new) s)) END").format(
-                    i=img, c=sql.Literal(col), head=head, e=sql.SQL(expr),  # type: ignore[arg-type]
+                    i=img, c=sql.Literal(col), head=head, e=sql.SQL(expr),
                     as_text=sql.SQL("") if col in self.json else sql.SQL("::text")))
         return sql.SQL(" || ").join(parts)
 

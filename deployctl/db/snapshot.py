@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,7 +96,7 @@ def take(dsn: str, dest: Path, *, jobs: int) -> dict[str, Any]:
     }
     manifest_path = partial / MANIFEST
     write_private(manifest_path, json.dumps(manifest, indent=2).encode())
-    os.replace(partial, dest)
+    partial.replace(dest)
     return manifest
 
 

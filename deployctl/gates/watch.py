@@ -82,7 +82,7 @@ def _number(dsn: str, query: str, started_at: datetime) -> float | None:
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         conn.read_only = True  # a gate looks, it never writes
         conn.execute(f"SET statement_timeout = '{GATE_QUERY_TIMEOUT}'")  # a stuck query is no reading
-        row = conn.execute(query, {"started_at": started_at}).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query, {"started_at": started_at}).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
 
@@ -149,8 +149,8 @@ class Watch:
         ms = green.response_ms
         if gate.max is not None and ms > gate.max:
             return [Check("response time", "fail", f"{ms:.0f} ms, above {gate.max:.0f} ms", ms)]
-        if gate.max_vs_blue is not None and self._enough(blue) and blue and blue.response_ms:
-            if ms > gate.max_vs_blue * blue.response_ms:
+        if (gate.max_vs_blue is not None and self._enough(blue) and blue and blue.response_ms
+                and ms > gate.max_vs_blue * blue.response_ms):
                 return [Check("response time", "fail", f"{ms:.0f} ms, above {gate.max_vs_blue:g}× "
                               f"blue's {blue.response_ms:.0f} ms", ms)]
         return [Check("response time", "pass", f"{ms:.0f} ms", ms)]

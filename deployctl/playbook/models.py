@@ -4,7 +4,6 @@ description (its docstring), from which `deployctl schema` and docs/playbook.md 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -13,6 +12,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 from pydantic.json_schema import SkipJsonSchema
 
 from deployctl.playbook.values import (
+    USER_ID,
     Duration,
     HttpsUrl,
     Model,
@@ -180,7 +180,7 @@ class SshHostConfig(Model):
     @field_validator("key", mode="before")
     @classmethod
     def _key(cls, value: str, info: ValidationInfo) -> Path:
-        return existing_file(os.path.expanduser(path_text(value)), info)
+        return existing_file(str(Path(path_text(value)).expanduser()), info)
 
 
 class SshConfig(Model):
@@ -418,8 +418,6 @@ class CohortStep(Model):
     @field_validator("allow")
     @classmethod
     def _user_ids(cls, value: list[str]) -> list[str]:
-        from deployctl.fleet.routers.files import USER_ID
-
         for user_id in value:
             if not USER_ID.fullmatch(user_id):
                 raise ValueError(f"{user_id!r} is not a user id the routers accept: up to 128 letters, "
@@ -599,7 +597,7 @@ class Playbook(Model):
         return value
 
     # Where the playbook came from: filled in by load(), not by the YAML.
-    source_path: SkipJsonSchema[Path] = Field(default=Path("."), exclude=True)
+    source_path: SkipJsonSchema[Path] = Field(default=Path(), exclude=True)
     source_text: SkipJsonSchema[str] = Field(default="", exclude=True)
 
     @field_validator("workdir", mode="before")

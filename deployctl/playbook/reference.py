@@ -85,7 +85,7 @@ def _default(field: FieldInfo, kind: str, value: Any) -> str:
         return "required"
     if isinstance(value, BaseModel):
         return "see below"
-    if value is None or value == [] or value == {}:
+    if value is None or value in ([], {}):
         return "—"
     if kind == "duration":
         return f"`{_seconds(value)}`"

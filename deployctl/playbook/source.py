@@ -59,9 +59,10 @@ class _Loader(yaml.SafeLoader):
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise _Refused(self.peek_event().start_mark,
-                               f"nested more than {MAX_DEPTH} levels deep")
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+                # PyYAML's methods are untyped: the event's mark is where the nesting goes too deep.
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _Refused(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
         finally:
             self.depth -= 1
 

@@ -15,6 +15,7 @@ from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from deployctl.errors import PlaybookError
 from deployctl.playbook import source
@@ -111,7 +112,7 @@ def _settings(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
 
 
-def _problem(error: Any) -> str:
+def _problem(error: ErrorDetails) -> str:
     """What was expected, in the playbook's words."""
     kind, loc = error["type"], tuple(error["loc"])
     message = error["msg"].removeprefix("Value error, ")

@@ -20,6 +20,9 @@ from pydantic import (
     field_validator,
 )
 
+# What the routers accept as a user id (in map files, nginx's configuration, environment).
+USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+:-]{0,127}")
+
 # A hold or a timeout longer than anyone waits is a typo.
 MAX_DURATION_S = 7 * 24 * 3600.0
 

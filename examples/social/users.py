@@ -320,11 +320,9 @@ class _Worker:
         answer = _request(method, url + path, payload)
         action = Action(kind, self.number, self.seq, url, answer.outcome, answer.status,
                         answer.version, sent, time.time(), error=answer.error, **known)
-        if answer.outcome == "ack":
-            if "id" in answer.body and kind in ("create_user", "create_message", "react"):
-                field_name = {"create_user": "user_id", "create_message": "message_id",
-                              "react": "reaction_id"}[kind]
-                setattr(action, field_name, int(answer.body["id"]))
+        created = {"create_user": "user_id", "create_message": "message_id", "react": "reaction_id"}
+        if answer.outcome == "ack" and "id" in answer.body and kind in created:
+            setattr(action, created[kind], int(answer.body["id"]))
         self.traffic._record(action)
         return action
 

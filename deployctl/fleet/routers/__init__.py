@@ -11,8 +11,9 @@ others by a stable hash of their user id (a header or a cookie), so that a user 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 if TYPE_CHECKING:
     from deployctl.playbook import Playbook, RouterConfig
@@ -72,17 +73,17 @@ def endpoints(pb: Playbook) -> list[Endpoint]:
     return list(dict.fromkeys(found))
 
 
+# Each `router.type` a playbook may name: the module and class that drive it, imported when a
+# playbook names it (the modules import this one). A new router is a module and a line here.
+ROUTERS = {
+    "haproxy": "deployctl.fleet.routers.haproxy:HaproxyRouter",
+    "nginx": "deployctl.fleet.routers.nginx:NginxRouter",
+    "command": "deployctl.fleet.routers.command:CommandRouter",
+}
+
+
 def get(config: RouterConfig, app: str) -> Router:
     """The router the playbook names, ready to use."""
-    if config.type == "haproxy":
-        from deployctl.fleet.routers.haproxy import HaproxyRouter
-
-        assert config.haproxy is not None
-        return HaproxyRouter.from_config(config, app)
-    if config.type == "nginx":
-        from deployctl.fleet.routers.nginx import NginxRouter
-
-        return NginxRouter.from_config(config, app)
-    from deployctl.fleet.routers.command import CommandRouter
-
-    return CommandRouter.from_config(config, app)
+    module, _, name = ROUTERS[config.type].partition(":")
+    driver: Any = getattr(importlib.import_module(module), name)
+    return cast(Router, driver.from_config(config, app))

@@ -7,13 +7,11 @@ held to a plain alphabet here rather than escaped differently for each proxy.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from deployctl.errors import BadInput
 from deployctl.fleet.routers import Split
-
-USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+:-]{0,127}")
+from deployctl.playbook.values import USER_ID
 
 
 def check_split(split: Split) -> None:
@@ -31,12 +29,12 @@ def check_split(split: Split) -> None:
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` by `text`: a proxy reading it sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
+    with tmp.open("w", encoding="utf-8") as out:
         out.write(text)
         out.flush()
         os.fsync(out.fileno())  # a restart after a crash finds the whole new file or the old one
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    tmp.chmod(0o644)
+    tmp.replace(path)
 
 
 def last_lines(text: str, count: int = 5) -> str:

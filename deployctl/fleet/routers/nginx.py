@@ -18,6 +18,7 @@ later deployctl knows what nginx runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -272,7 +273,7 @@ class NginxRouter:
         inode, offset = self._log_at
         if stat.st_ino != inode or stat.st_size < offset:
             offset = 0  # rotated or truncated: the new file is all new lines
-        with open(path, "rb") as log_file:
+        with path.open("rb") as log_file:
             log_file.seek(offset)
             data = log_file.read()
         complete = data[: data.rfind(b"\n") + 1]  # a line nginx is still writing waits for next time
@@ -286,10 +287,8 @@ class NginxRouter:
             counts = self._counts[fields[1]]
             counts.requests += 1
             counts.errors += fields[2].startswith("5")
-            try:
+            with contextlib.suppress(ValueError):
                 counts.recent.append(float(fields[3]))
-            except ValueError:
-                pass
 
 
 def _read_routing(include: Path) -> Routing | None:
@@ -326,12 +325,13 @@ def _pid_file(conf: Path, nginx: str) -> Path:
 def _workers(master: int) -> dict[int, bool]:
     """The master's worker processes, each with whether it is shutting down."""
     workers = {}
-    for entry in os.listdir("/proc"):
+    for folder in Path("/proc").iterdir():
+        entry = folder.name
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            title = Path(f"/proc/{entry}/cmdline").read_bytes()
+            stat = (folder / "stat").read_text()
+            title = (folder / "cmdline").read_bytes()
         except OSError:
             continue  # exited meanwhile
         if int(stat.rsplit(")", 1)[1].split()[1]) == master and b"worker process" in title:

@@ -7,6 +7,7 @@ whether the process it started is still the one running under that pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -97,7 +98,5 @@ class LocalTransport:
 
 def _reap(pid: int, block: bool = False) -> None:
     # Our own children become zombies (still in /proc) until waited for.
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0 if block else os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -15,6 +15,7 @@ pidfile holding its pid and command line, as the `local` transport does.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import getpass
 import json
@@ -572,7 +573,7 @@ class Remote:
                 source, target = Path(folder, entry), posixpath.join(here, entry)
                 mode = source.lstat().st_mode
                 if stat.S_ISLNK(mode):
-                    sftp.symlink(os.readlink(source), target)  # os.walk does not follow it
+                    sftp.symlink(str(source.readlink()), target)  # os.walk does not follow it
                 elif stat.S_ISDIR(mode):
                     sftp.mkdir(target)
                     sftp.chmod(target, stat.S_IMODE(mode))
@@ -701,10 +702,8 @@ class Remote:
                     deadline = time.monotonic() + 5
                     while time.monotonic() < deadline and self._pid(client, spec) == pid:
                         time.sleep(0.05)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self._sftp_client(client).remove(pidfile)
-            except FileNotFoundError:
-                pass
             return pid is not None
 
         return self._again_if_lost(once, f"stop {spec.name}", idempotent=True)
