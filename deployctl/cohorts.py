@@ -26,17 +26,29 @@ from deployctl.playbook import CohortStep, Playbook
 POLL_S = 0.2  # how often a waiting step looks for requests from other terminals
 
 
-class Aborted(StepFailed):
+class OperatorRollback(StepFailed):
+    """An operator asked to roll back."""
+
+    ended_by = "operator"
+
+
+class Aborted(OperatorRollback):
     """An operator asked to abort: users back on blue now, green and the capture kept."""
 
 
 class GateBreach(StepFailed):
-    """The gates judged green failing (or could not judge it, where that rolls back)."""
+    """The gates judged green failing (`breach`), or could not judge it where that rolls back
+    (`inconclusive`)."""
+
+    def __init__(self, message: str, ended_by: str = "breach") -> None:
+        super().__init__(message)
+        self.ended_by = ended_by
 
 
 def _ended_by(command: str, when: str) -> StepFailed:
     """What an operator's `abort` or `rollback` raises."""
-    return (Aborted if command == "abort" else StepFailed)(f"{command} requested by an operator {when}")
+    return (Aborted if command == "abort" else OperatorRollback)(
+        f"{command} requested by an operator {when}")
 
 
 def split_for(pb: Playbook, upto: int) -> Split:
@@ -147,7 +159,7 @@ def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
             policy = "rollback"
         why = f"cohort {step.name}: no gate reading was conclusive in {readings} readings"
         if policy == "rollback":
-            raise GateBreach(why)
+            raise GateBreach(why, "inconclusive")
         if policy == "pause":
             command = operator.hold(why, gates.max_pause)
             if command in ("abort", "rollback"):

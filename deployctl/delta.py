@@ -23,7 +23,7 @@ from deployctl.files import write_private
 from deployctl.journal import Journal, holder_name, with_dbname
 from deployctl.log import log
 from deployctl.playbook import Playbook
-from deployctl.redact import redact, safe_dsn
+from deployctl.redact import mask_personal, redact, safe_dsn
 
 
 def options(pb: Playbook, found: dict[str, Any] | None, *, on_conflict: str | None = None,
@@ -326,8 +326,7 @@ def _masked(row: dict[str, Any], personal: frozenset[str]) -> dict[str, Any]:
     out = dict(row)
     for part in ("key", "new", "old"):
         if out.get(part):
-            out[part] = {k: (replay.MASK if f"{row['table_name']}.{k}" in personal and v is not None
-                             else v) for k, v in out[part].items()}
+            out[part] = mask_personal(row["table_name"], out[part], personal)
     return out
 
 

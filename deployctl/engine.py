@@ -66,7 +66,7 @@ def plan(pb: Playbook) -> list[str]:
     ]
 
 
-def _step(run: Run, name: str, action: Callable[[Run], Outcome]) -> None:
+def run_step(run: Run, name: str, action: Callable[[Run], Outcome]) -> None:
     """Run one step unless the journal says it is done; raise if it fails."""
     journal, rid = run.journal, run.release_id
     if journal.step_phase(rid, name) == "done":
@@ -135,11 +135,11 @@ def _forward(run: Run) -> str:
                 worker.ask_to_stop()
                 reason = f"{command} requested by an operator before {name}"
                 return _abort(run, reason, worker.stop) if command == "abort" and run.pb.router else (
-                    _rollback(run, reason, worker.stop))
+                    _rollback(run, reason, worker.stop, "operator"))
             if name == "finalize":
                 worker.stop()  # finalize keeps (or discards) the rest itself
             try:
-                _step(run, name, action)
+                run_step(run, name, action)
             except Refused as exc:
                 run.journal.set_status(run.release_id, "refused", f"preflight: {exc}")
                 return "refused"
@@ -154,7 +154,8 @@ def _forward(run: Run) -> str:
                 reason = f"{name} failed: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}"
                 if isinstance(exc, GateBreach):
                     run.tell("breach", redact(reason), step=name)
-                return _rollback(run, redact(reason), worker.stop)
+                ended_by = getattr(exc, "ended_by", "step_failed")
+                return _rollback(run, redact(reason), worker.stop, ended_by)
             if name != "finalize":
                 worker.ensure()
     finally:
@@ -167,13 +168,14 @@ def _abort(run: Run, reason: str, capture_stopped: Callable[[], None] | None = N
     """Users back on blue now; green, the migrated database and the capture stay for a look,
     until `deployctl rollback` finishes the job."""
     # The status first: killed before users are back on blue, `resume` must not go forward.
-    run.journal.set_status(run.release_id, "aborted", reason)
+    run.journal.set_status(run.release_id, "aborted", reason, "operator")
     try:
-        _step(run, "rollback.traffic", traffic_to_blue)
+        run_step(run, "rollback.traffic", traffic_to_blue)
     except LockLost:
         raise
     except Exception as exc:
-        return _rollback(run, f"{reason}; then moving traffic to blue failed: {exc}", capture_stopped)
+        return _rollback(run, f"{reason}; then moving traffic to blue failed: {exc}", capture_stopped,
+                         "operator")
     run.tell("rollback", f"aborted, every user back on blue: {reason}")
     found = run.journal.capture(run.release_id)
     keeper = (capture_keeper.spawn(run.pb, run.journal.dsn, run.release_id)
@@ -184,17 +186,18 @@ def _abort(run: Run, reason: str, capture_stopped: Callable[[], None] | None = N
     return "aborted"
 
 
-def _rollback(run: Run, reason: str, capture_stopped: Callable[[], None] | None = None) -> str:
+def _rollback(run: Run, reason: str, capture_stopped: Callable[[], None] | None = None,
+              ended_by: str = "step_failed") -> str:
     """The rollback steps; `capture_stopped` waits for the capture worker, before the database
     step (the restore drains the capture itself), not before users are back on blue."""
-    run.journal.set_status(run.release_id, "rolling_back", reason)
+    run.journal.set_status(run.release_id, "rolling_back", reason, ended_by)
     log.warning("rolling back", release=run.release_id, reason=reason)
     run.tell("rollback", f"rolling back: {reason}")
     for name, action in rollback_steps(run.pb):
         if name == "rollback.database" and capture_stopped is not None:
             capture_stopped()
         try:
-            _step(run, name, action)
+            run_step(run, name, action)
         except LockLost:
             raise
         except Exception as exc:
@@ -331,7 +334,8 @@ def _continue(state: str, release_id: int, action: str, database: str | None = N
                         journal.event(release_id, "rollback.database", "info",
                                       {"mode": database, "chosen_by": "operator"})
                     _rollback(run, found.reason if found.status != "running" and found.reason
-                              else _process_gone(journal, release_id) + "; rolled back by operator")
+                              else _process_gone(journal, release_id) + "; rolled back by operator",
+                              ended_by=found.ended_by or "operator")
                 return _ended(journal, release_id, notifier)
         finally:
             notifier.close()

@@ -73,6 +73,7 @@ class Release:
     started_by: str
     started_at: datetime
     finished_at: datetime | None
+    ended_by: str | None = None   # breach | inconclusive | operator | step_failed (see state.sql)
 
     @property
     def open(self) -> bool:
@@ -308,7 +309,7 @@ class Journal:
         row = self.execute(
             sql.SQL(
                 """SELECT id, app, version, from_version, status, reason, playbook_path,
-                          playbook_text, started_by, started_at, finished_at
+                          playbook_text, started_by, started_at, finished_at, ended_by
                    FROM deployctl.releases WHERE {} ORDER BY id DESC LIMIT 1"""
             ).format(where),
             params,
@@ -335,20 +336,23 @@ class Journal:
     def history(self, app: str | None = None, limit: int = 20) -> list[Release]:
         rows = self.execute(
             """SELECT id, app, version, from_version, status, reason, playbook_path,
-                      playbook_text, started_by, started_at, finished_at
+                      playbook_text, started_by, started_at, finished_at, ended_by
                FROM deployctl.releases WHERE %(app)s::text IS NULL OR app = %(app)s
                ORDER BY id DESC LIMIT %(limit)s""",
             {"app": app, "limit": limit},
         ).fetchall()
         return [Release(**row) for row in rows]
 
-    def set_status(self, release_id: int, status: str, reason: str | None = None) -> None:
+    def set_status(self, release_id: int, status: str, reason: str | None = None,
+                   ended_by: str | None = None) -> None:
+        """The release's status; `reason` and `ended_by` (what ended it) once known, kept after."""
         finished = status in ("released", "rolled_back")
         self.execute(
             """UPDATE deployctl.releases SET status = %s, reason = COALESCE(%s, reason),
+                   ended_by = COALESCE(%s, ended_by),
                    finished_at = CASE WHEN %s THEN clock_timestamp() END
                WHERE id = %s""",
-            (status, reason, finished, release_id),
+            (status, reason, ended_by, finished, release_id),
         )
 
     # -- requests from other terminals ------------------------------------------------------

@@ -64,3 +64,19 @@ def safe_dsn(dsn: str) -> str:
         return redact(dsn)
     params.pop("password", None)
     return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+# -- personal data: the playbook's `personal` columns (`table.column`), masked wherever rows are
+# shown (conflict listings, exports, reports).
+
+def is_personal(table: str, column: str, personal: frozenset[str]) -> bool:
+    """Whether `table.column` is marked personal (`table` with or without its schema)."""
+    return f"{table}.{column}" in personal or f"{table.rsplit('.', 1)[-1]}.{column}" in personal
+
+
+def mask_personal(table: str, row: dict[str, Any] | None, personal: frozenset[str]
+                  ) -> dict[str, Any] | None:
+    """`row` of `table` (values by column) with its personal values masked."""
+    if row is None:
+        return None
+    return {k: (MASK if v is not None and is_personal(table, k, personal) else v) for k, v in row.items()}

@@ -34,13 +34,12 @@ import yaml
 
 from deployctl import cohorts as cohort_steps
 from deployctl import delta as deltas
-from deployctl.db.replay import MASK
 from deployctl.errors import STATUS_EXIT_CODES, DeployctlError
 from deployctl.files import private_dir, write_private
 from deployctl.journal import Journal, Release
 from deployctl.log import log
 from deployctl.playbook import Playbook, parse
-from deployctl.redact import redact
+from deployctl.redact import MASK, is_personal, redact
 from deployctl.report_html import page
 from deployctl.report_text import blocks, markdown, narrative, step_summary
 from deployctl.steps import forward, rollback
@@ -237,6 +236,9 @@ def _decision(release: Release, steps: list[dict[str, Any]], readings: list[dict
         kind = "in progress"
     elif release.status == "refused":
         kind = "refused"
+    elif release.ended_by is not None:
+        kind = release.ended_by.replace("_", " ")
+    # Releases the journal kept before it recorded what ended them: read from their reason.
     elif "gate breach" in reason:
         kind = "breach"
     elif "no gate reading was conclusive" in reason:
@@ -369,10 +371,6 @@ def _personal_values(journal: Journal, release_id: int, personal: list[str]) -> 
     return found
 
 
-def _is_personal(table: str, column: str, personal: frozenset[str]) -> bool:
-    return f"{table}.{column}" in personal or f"{table.rsplit('.', 1)[-1]}.{column}" in personal
-
-
 def _mask_rows(node: Any, personal: frozenset[str], values: set[str]) -> Any:
     """Mask personal columns in row images that sit next to their `table` (conflict listings);
     the masked values join `values`, so text elsewhere that quotes them is masked too."""
@@ -386,7 +384,7 @@ def _mask_rows(node: Any, personal: frozenset[str], values: set[str]) -> Any:
         if table and key in _ROW_PARTS and isinstance(value, dict):
             row = {}
             for column, v in value.items():
-                masked = v is not None and _is_personal(table, column, personal)
+                masked = v is not None and is_personal(table, column, personal)
                 if masked and isinstance(v, str | int | float) and len(str(v)) >= _MIN_SCRUB_LEN:
                     values.add(str(v))
                 row[column] = MASK if masked else v

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from deployctl.db.replay import MASK
+from deployctl.redact import MASK
 
 
 def _size(n: Any) -> str:

@@ -324,9 +324,9 @@ def journal(world: Env) -> Iterator[Journal]:
         yield opened
 
 
-def new_release(env: Env, journal: Journal, mode: str = "logical", **changes: Any) -> Run:
-    """A release row for a fresh playbook, as `engine.release` creates it, and its Run."""
-    path = env.playbook("2", capture={"mode": mode}, **changes)
+def new_release(env: Env, journal: Journal, version: str = "2", **changes: Any) -> Run:
+    """A release row for a fresh playbook of `version`, as `engine.release` creates it, and its Run."""
+    path = env.playbook(version, **changes)
     pb = load(path)
     live = journal.live(pb.app)
     rid = journal.create_release(
@@ -337,8 +337,8 @@ def new_release(env: Env, journal: Journal, mode: str = "logical", **changes: An
 
 def start_capture(env: Env, journal: Journal, mode: str = "logical", **changes: Any) -> Run:
     """The release's snapshot step: capture first, then the dump on an exported snapshot."""
-    run = new_release(env, journal, mode, **changes)
-    engine._step(run, "snapshot", steps.take_snapshot)
+    run = new_release(env, journal, capture={"mode": mode}, **changes)
+    engine.run_step(run, "snapshot", steps.take_snapshot)
     found = journal.capture(run.release_id)
     assert found is not None and found["mode"] == mode and found["status"] == "active"
     return run

@@ -34,6 +34,7 @@ from deployctl.db import capture, capture_store, replay, restore
 from deployctl.db.capture import XidSnapshot
 from deployctl.errors import StepFailed
 from deployctl.journal import Journal, with_dbname
+from deployctl.redact import MASK
 from deployctl.steps import Run
 from tests.conftest import SOCIAL, Env, migrate_to, seed, start_capture
 
@@ -431,7 +432,7 @@ def assert_masked(conflicts: list[replay.Conflict]) -> None:
     for c in conflicts:
         for image in (c.ours, c.theirs):
             if image is not None:
-                assert image["email"] == replay.MASK and "name" in image
+                assert image["email"] == MASK and "name" in image
 
 
 CONFLICT_KINDS = {100: "key_exists", 2: "row_gone", 3: "changed_since"}
@@ -737,7 +738,7 @@ def test_delta_show_export_and_dry_run_replay_through_the_cli(world: Env, journa
     content = gzip.decompress(out.read_bytes()).decode()
     assert "secret.test" not in content
     users = [json.loads(line)["new"] for line in content.splitlines() if '"table_name": "users"' in line]
-    assert [(u["name"], u["email"]) for u in users] == [("Ann", replay.MASK), ("Bo", replay.MASK)]
+    assert [(u["name"], u["email"]) for u in users] == [("Ann", MASK), ("Bo", MASK)]
 
     tables = ("users", "messages", "likes")
     before = {t: rows_with_xmin(target, t) for t in tables}

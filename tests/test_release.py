@@ -70,6 +70,7 @@ def test_failed_smoke_check_rolls_back_database_and_keeps_blue_serving(env: Env,
     result = json.loads(done.stdout)
     assert result["status"] == "rolled_back"
     assert "smoke failed: feed answers" in result["reason"]
+    assert env.release_row(result["release_id"])["ended_by"] == "step_failed"  # type: ignore[index]
     assert [(s["step"], s["outcome"]) for s in result["steps"]][-5:] == [
         ("smoke", "failed"), ("rollback.blue", "done"), ("rollback.green", "done"),
         ("rollback.database", "done"), ("rollback.capture", "done")]

@@ -34,9 +34,9 @@ from deployctl.fleet import process
 from deployctl.fleet.transports.local import LocalTransport
 from deployctl.gates import smoke as smoke_checks
 from deployctl.journal import Journal, with_dbname
-from deployctl.playbook import SmokeCheck, load
+from deployctl.playbook import SmokeCheck
 from deployctl.steps import Refused, Run
-from tests.conftest import SOCIAL, Env, free_port, migrate_to, seed, wait_for
+from tests.conftest import SOCIAL, Env, free_port, migrate_to, new_release, seed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,25 +44,6 @@ APP_TABLES = ("users", "messages", "likes")
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-@pytest.fixture
-def journal(env: Env) -> Iterator[Journal]:
-    with Journal(env.state_dsn) as opened:
-        yield opened
-
-
-def start_release(env: Env, journal: Journal, version: str = "2", **changes: Any) -> Run:
-    """A release row for a fresh playbook, as `engine.release` creates it, and its Run."""
-    path = env.playbook(version, **changes)
-    pb = load(path)
-    live = journal.live(pb.app)
-    rid = journal.create_release(
-        app=pb.app, version=pb.version, from_version=live["live_version"] if live else None,
-        playbook_path=str(path.resolve()), playbook_text=pb.source_text,
-        playbook_sha256=pb.sha256,
-    )
-    return Run(pb, journal, rid)
-
 
 def counts(env: Env, dbname: str | None = None) -> dict[str, int]:
     with env.connect(dbname) as conn:
@@ -161,7 +142,7 @@ def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, An
 
 def test_preflight_passes_on_a_good_setup_and_returns_every_check(env: Env, journal: Journal) -> None:
     migrate_to(env, "0001")
-    outcome = steps.preflight(start_release(env, journal))
+    outcome = steps.preflight(new_release(env, journal))
     checks = outcome.detail["checks"]
     assert [c["name"] for c in checks] == ["database", "pg_dump", "disk", "restore_disk", "wal_disk",
                                            "migrations", "migration_lint", "capture", "privileges",
@@ -175,7 +156,7 @@ def test_preflight_passes_on_a_good_setup_and_returns_every_check(env: Env, jour
 
 def test_preflight_twice_gives_the_same_checks_and_touches_nothing(env: Env, journal: Journal) -> None:
     migrate_to(env, "0001")
-    run = start_release(env, journal)
+    run = new_release(env, journal)
     first = steps.preflight(run).detail["checks"]
     second = steps.preflight(run).detail["checks"]
     assert [(c["name"], c["status"]) for c in first] == [(c["name"], c["status"]) for c in second]
@@ -186,7 +167,7 @@ def test_preflight_twice_gives_the_same_checks_and_touches_nothing(env: Env, jou
 
 def test_preflight_refuses_an_unreachable_database_and_names_it(env: Env, journal: Journal) -> None:
     closed = free_port()
-    run = start_release(env, journal, database={"dsn": f"postgresql://postgres@127.0.0.1:{closed}/gone"})
+    run = new_release(env, journal, database={"dsn": f"postgresql://postgres@127.0.0.1:{closed}/gone"})
     started = time.monotonic()
     with pytest.raises(Refused) as refused:
         steps.preflight(run)
@@ -199,7 +180,7 @@ def test_preflight_refuses_an_unreachable_database_and_names_it(env: Env, journa
 
 def test_preflight_refuses_an_alembic_target_that_does_not_exist(env: Env, journal: Journal) -> None:
     migrate_to(env, "0001")
-    run = start_release(env, journal, migrations={"target": "0099"})
+    run = new_release(env, journal, migrations={"target": "0099"})
     with pytest.raises(Refused, match=r"migrations: .*unknown Alembic revision '0099'"):
         steps.preflight(run)
     assert env.revision() == "0001"
@@ -327,9 +308,9 @@ def test_snapshot_excludes_rows_committed_after_its_export(env: Env) -> None:
 
 def test_snapshot_step_records_its_manifest_in_the_done_transaction(env: Env, journal: Journal) -> None:
     migrate_to(env, "0001")
-    run = start_release(env, journal)
+    run = new_release(env, journal)
     run.pb.workdir.chmod(0o755)
-    engine._step(run, "snapshot", steps.take_snapshot)
+    engine.run_step(run, "snapshot", steps.take_snapshot)
     assert run.pb.workdir.stat().st_mode & 0o777 == 0o700, "the workdir holds user data"
     recorded = journal.snapshot(run.release_id)
     assert recorded is not None
@@ -348,7 +329,7 @@ def test_snapshot_step_records_its_manifest_in_the_done_transaction(env: Env, jo
 
 def test_snapshot_step_twice_returns_the_same_snapshot(env: Env, journal: Journal) -> None:
     migrate_to(env, "0001")
-    run = start_release(env, journal)
+    run = new_release(env, journal)
     first = steps.take_snapshot(run)
     second = steps.take_snapshot(run)
     assert second.detail == first.detail
@@ -359,7 +340,7 @@ def test_snapshot_step_twice_returns_the_same_snapshot(env: Env, journal: Journa
 
 def test_migrate_step_upgrades_0001_to_0002(env: Env, journal: Journal) -> None:
     migrate_to(env, "0001")
-    outcome = steps.migrate(start_release(env, journal))
+    outcome = steps.migrate(new_release(env, journal))
     assert outcome.detail == {"from_revision": "0001", "to_revision": "0002"}
     assert env.revision() == "0002"
     assert has_table(env, "reactions") and has_column(env, "users", "bio")
@@ -367,7 +348,7 @@ def test_migrate_step_upgrades_0001_to_0002(env: Env, journal: Journal) -> None:
 
 def test_migrate_step_twice_is_a_no_op(env: Env, journal: Journal) -> None:
     migrate_to(env, "0001")
-    run = start_release(env, journal)
+    run = new_release(env, journal)
     steps.migrate(run)
     written_by = version_xmin(env)
     again = steps.migrate(run)
@@ -476,7 +457,7 @@ def test_downgrade_twice_is_a_no_op(env: Env) -> None:
 
 def test_deploy_starts_the_app_and_it_answers_health(env: Env, journal: Journal) -> None:
     migrate_to(env, "0002")
-    run = start_release(env, journal)
+    run = new_release(env, journal)
     outcome = steps.deploy(run)
     status, body = get(f"http://127.0.0.1:{env.green_port}/health")
     assert status == 200 and json.loads(body) == {"status": "ok", "version": "2"}
@@ -493,7 +474,7 @@ def test_deploy_starts_the_app_and_it_answers_health(env: Env, journal: Journal)
 
 def test_deploy_twice_keeps_the_same_process(env: Env, journal: Journal) -> None:
     migrate_to(env, "0002")
-    run = start_release(env, journal)
+    run = new_release(env, journal)
     first = steps.deploy(run)
     second = steps.deploy(run)
     assert second.detail["pid"] == first.detail["pid"]
@@ -506,7 +487,7 @@ def test_deploy_twice_keeps_the_same_process(env: Env, journal: Journal) -> None
 def test_deploy_of_a_command_that_exits_at_once_fails_fast_with_its_status_and_output(
         env: Env, journal: Journal) -> None:
     command = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
-    run = start_release(env, journal, deploy={"command": command})
+    run = new_release(env, journal, deploy={"command": command})
     assert run.pb.deploy.health.timeout == 20
     started = time.monotonic()
     with pytest.raises(StepFailed) as failed:
@@ -633,7 +614,7 @@ def test_smoke_sql_check_cannot_write(env: Env) -> None:
 
 
 def test_smoke_step_fails_naming_the_failed_check(env: Env, journal: Journal, web: Any) -> None:
-    run = start_release(env, journal, smoke=[
+    run = new_release(env, journal, smoke=[
         {"name": "feed answers", "http": {"url": f"{web.url}/ok", "body_contains": "messages"}},
         {"name": "reactions exist", "sql": "select to_regclass('public.reactions') is not null"},
     ])
@@ -643,7 +624,7 @@ def test_smoke_step_fails_naming_the_failed_check(env: Env, journal: Journal, we
 
 def test_smoke_step_twice_gives_the_same_results(env: Env, journal: Journal, web: Any) -> None:
     migrate_to(env, "0002")
-    run = start_release(env, journal, smoke=[
+    run = new_release(env, journal, smoke=[
         {"name": "feed answers", "http": {"url": f"{web.url}/ok", "body_contains": "messages"}},
         {"name": "reactions exist", "sql": "select to_regclass('public.reactions') is not null"},
     ])
@@ -663,9 +644,9 @@ def migrated_past_a_snapshot(env: Env, journal: Journal) -> tuple[Run, dict[str,
     migrate_to(env, "0001")
     seed(env)
     before = counts(env)
-    run = start_release(env, journal, database={"rollback": "restore"})
-    engine._step(run, "snapshot", steps.take_snapshot)
-    engine._step(run, "migrate", steps.migrate)
+    run = new_release(env, journal, database={"rollback": "restore"})
+    engine.run_step(run, "snapshot", steps.take_snapshot)
+    engine.run_step(run, "migrate", steps.migrate)
     with env.connect() as conn:
         user = conn.execute("INSERT INTO users (name, email, bio) VALUES ('New', 'new@example.com',"
                             " 'after the snapshot') RETURNING id").fetchone()[0]
@@ -766,11 +747,11 @@ def test_rollback_database_step_completes_a_swap_interrupted_after_the_first_ren
 
 def released_blue_then_green_deployed(env: Env, journal: Journal) -> tuple[Run, Run]:
     migrate_to(env, "0002")
-    blue = start_release(env, journal, "1")
+    blue = new_release(env, journal, "1")
     steps.deploy(blue)
-    engine._step(blue, "finalize", steps.finalize)
+    engine.run_step(blue, "finalize", steps.finalize)
     assert journal.get(blue.release_id).status == "released"
-    green = start_release(env, journal, "2")
+    green = new_release(env, journal, "2")
     steps.deploy(green)
     return blue, green
 
@@ -780,7 +761,7 @@ def test_finalize_records_the_live_version_with_its_done_event_and_stops_blue(
     blue, green = released_blue_then_green_deployed(env, journal)
     blue_spec = process.for_playbook(blue.pb)
     assert LocalTransport(blue.pb.workdir).pid(blue_spec) is not None
-    engine._step(green, "finalize", steps.finalize)
+    engine.run_step(green, "finalize", steps.finalize)
 
     live = journal.live("social")
     assert live is not None
@@ -805,11 +786,11 @@ def test_finalize_records_the_live_version_with_its_done_event_and_stops_blue(
 
 def test_finalize_twice_changes_nothing_and_leaves_green_serving(env: Env, journal: Journal) -> None:
     blue, green = released_blue_then_green_deployed(env, journal)
-    engine._step(green, "finalize", steps.finalize)
+    engine.run_step(green, "finalize", steps.finalize)
     green_pid = LocalTransport(green.pb.workdir).pid(process.for_playbook(green.pb))
     events = journal.events(green.release_id)
 
-    engine._step(green, "finalize", steps.finalize)  # the engine skips a done step
+    engine.run_step(green, "finalize", steps.finalize)  # the engine skips a done step
     assert journal.events(green.release_id) == events
     again = steps.finalize(green)  # and the step itself, run again, is harmless
     assert again.detail == {"live_version": "2", "stopped_version": None}

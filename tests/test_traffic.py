@@ -69,6 +69,7 @@ def test_a_gate_breach_at_ten_percent_puts_every_user_back_on_blue_and_rolls_bac
     release = env.release_row()
     assert release is not None and release["status"] == "rolled_back"
     assert "gate breach in cohort beta" in release["reason"] and "error rate" in release["reason"]
+    assert release["ended_by"] == "breach"  # what ended it, typed, for the report
     events = env.events(release["id"])
     assert ("cohort.beta", "failed") in events and ("cohort.everyone", "started") not in events
     assert events.index(("rollback.traffic", "done")) < events.index(("rollback.database", "started"))
@@ -154,7 +155,7 @@ def test_operators_pause_promote_and_abort_a_running_release_from_another_termin
         if running.poll() is None:
             running.kill()
     row = env.release_row(rid)
-    assert row is not None and row["status"] == "aborted"
+    assert row is not None and row["status"] == "aborted" and row["ended_by"] == "operator"
     assert set(versions_now(haproxy.port).values()) == {"1"}
     # Green still runs for a look, until the rollback finishes the job.
     assert env.cli("resume", *state).returncode == 2
@@ -196,6 +197,7 @@ def test_a_step_without_a_conclusive_reading_rolls_back_in_ci(
     assert done.returncode == 1, done.stdout + done.stderr
     release = env.release_row()
     assert release is not None and "no gate reading was conclusive" in release["reason"]
+    assert release["ended_by"] == "inconclusive"
     assert set(versions_now(haproxy.port).values()) == {"1"}
 
 

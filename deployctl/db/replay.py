@@ -49,9 +49,9 @@ from deployctl.db import constraints, fold, shapes
 from deployctl.db.capture import ORIGIN
 from deployctl.db.shapes import History
 from deployctl.errors import StepFailed
+from deployctl.redact import mask_personal
 
 Policy = Literal["fail", "skip", "overwrite"]
-MASK = "***"
 UNWRITABLE = "parent_gone"  # a conflict no policy overwrites
 TEMP_BUFFERS = "256MB"       # the replay's temporary tables stay in memory up to this size
 
@@ -201,12 +201,6 @@ def _target_shape(conn: psycopg.Connection[Any], schema: str, table: str) -> Tar
     return Target([r[0] for r in writable], [r[0] for r in writable if r[1]],
                  {r[0]: r[2] for r in writable if r[2] in ("json", "jsonb")}, {r[0]: r[5] for r in writable},
                  {r[0] for r in writable if r[3]}, {r[0] for r in rows if r[4]})
-
-
-def _mask(table: str, values: dict[str, Any] | None, personal: frozenset[str]) -> dict[str, Any] | None:
-    if values is None:
-        return None
-    return {k: (MASK if f"{table}.{k}" in personal and v is not None else v) for k, v in values.items()}
 
 
 # -- applying ------------------------------------------------------------------------------------
@@ -600,8 +594,9 @@ def _plan(table: _Table, report: Report, options: Options) -> bool:
         resolution = {"fail": "none", "skip": "skipped", "overwrite": "overwritten"}[options.on_conflict]
         for kind, key, final, theirs in table.conflicts():
             report.conflicts.append(Conflict(
-                table.target, kind, _mask(table.target, key, options.personal) or {},
-                _mask(table.target, final, options.personal), _mask(table.target, theirs, options.personal),
+                table.target, kind, mask_personal(table.target, key, options.personal) or {},
+                mask_personal(table.target, final, options.personal),
+                mask_personal(table.target, theirs, options.personal),
                 "skipped" if kind == UNWRITABLE and resolution != "none" else resolution))
     done = Counter[str]()
     for (action, conflict), n in counts.items():

@@ -36,6 +36,9 @@ BEGIN
 END $$;
 CREATE UNIQUE INDEX IF NOT EXISTS releases_one_open_per_app ON deployctl.releases (app)
     WHERE status IN ('running', 'rolling_back', 'rollback_failed', 'aborted');
+-- What ended a release that did not go through (the report's decision): a gate `breach`, no
+-- conclusive reading (`inconclusive`), an `operator`, or a step that failed (`step_failed`).
+ALTER TABLE deployctl.releases ADD COLUMN IF NOT EXISTS ended_by text;
 
 CREATE TABLE IF NOT EXISTS deployctl.events (
     id          bigserial PRIMARY KEY,
