@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import structlog
 
 from deployctl.log import configure, log
 from tests.conftest import Env
@@ -53,16 +54,20 @@ def test_shell_completion_script() -> None:
 
 
 def _logged(monkeypatch: pytest.MonkeyPatch, terminal: bool, color: bool | None = None) -> str:
-    """What one text log line looks like on stderr: a terminal (a pty) or a pipe."""
+    """What one text log line looks like on stderr: a terminal (a pty) or a pipe. The logging
+    configuration of the test session is put back after (later tests log in this process)."""
     reader, writer = pty.openpty() if terminal else os.pipe()
-    with os.fdopen(writer, "w") as stream:
-        monkeypatch.setattr(sys, "stderr", stream)
-        configure(json=False, color=color)
-        log.info("hello", step="snapshot")
-        stream.flush()
-        text = os.read(reader, 65536).decode()
-    os.close(reader)
-    configure(json=True)
+    saved = structlog.get_config()
+    try:
+        with os.fdopen(writer, "w") as stream, monkeypatch.context() as patched:
+            patched.setattr(sys, "stderr", stream)
+            configure(json=False, color=color)
+            log.info("hello", step="snapshot")
+            stream.flush()
+            text = os.read(reader, 65536).decode()
+    finally:
+        structlog.configure(**saved)
+        os.close(reader)
     return text
 
 
