@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,7 @@ def drain(journal: Journal, pb: Playbook, release_id: int, conn: psycopg.Connect
         return None
     found = CaptureInfo.from_row(row)
     if row["status"] != "active":
-        with psycopg.connect(journal.dsn, autocommit=True) as state:
-            capture.decode(state, release_id, found.snapshot)
+        decode_collected(journal, release_id)
         return None
     try:
         if conn is not None:
@@ -89,6 +89,20 @@ def drain(journal: Journal, pb: Playbook, release_id: int, conn: psycopg.Connect
         journal.set_capture(release_id, "incomplete", str(exc))
         log.error("the delta is incomplete", release=release_id, problem=str(exc))
         return None
+
+
+def decode_collected(journal: Journal, release_id: int) -> None:
+    """Decode what the capture collected into the journal and left undecoded; its slot is not
+    read."""
+    if (found := info(journal, release_id)) is not None:
+        with psycopg.connect(journal.dsn, autocommit=True) as state:
+            capture.decode(state, release_id, found.snapshot)
+
+
+def _drain_apart(pb: Playbook, state_dsn: str, release_id: int) -> None:
+    """`drain` with a journal connection of its own, for a thread beside the caller's."""
+    with Journal(state_dsn) as own:
+        drain(own, pb, release_id)
 
 
 def discarded(journal: Journal, release_id: int) -> dict[str, Any]:
@@ -153,11 +167,11 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     """Rollback mode `restore`: restore beside the live database, replay, pause (inside
     `pausing`), tail, swap."""
     dsn = pb.database.dsn
-    # The delta is decoded while the snapshot loads, and the slot does not hold the WAL the
-    # load writes (a database's worth): the pause has only the tail left.
+    # The delta is decoded while the snapshot loads (the slot is read once more after the load,
+    # past its WAL, or sooner if that goes over the budget): the pause has only the tail left.
     found = journal.capture(release_id)
     decoding = (capture.Worker(dsn, journal.dsn, CaptureInfo.from_row(found), pb.capture.interval,
-                               nice=False)
+                               "restore", pb.capture.max_retained_wal)
                 if found and found["status"] == "active" else None)
     if decoding is not None:
         decoding.start()
@@ -181,12 +195,25 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         # Killed mid-swap: the tail was replayed before the first rename.
         return {"action": action, **restore.swap(dsn, names, pausing=pausing)}
     restore.reopen(dsn)  # killed while the live database refused connections, before the swap
-    drain(journal, pb, release_id)
     way_out = (f"to roll back without it, keep the database as it is or downgrade it: "
                f"`deployctl rollback {release_id} --database keep|downgrade`")
+    decode_collected(journal, release_id)
     require_complete(journal, release_id, way_out)
     replayed_upto = last_stored(journal, release_id)
-    first = replay.apply(journal.conn, release_id, restored_dsn, opts())
+    # The slot is read past the load's WAL (a database's worth) while the first replay runs;
+    # what that brings (users' writes on blue during the load) is replayed before the pause.
+    with ThreadPoolExecutor(1, thread_name_prefix="deployctl-drain") as beside:
+        catching_up = beside.submit(_drain_apart, pb, journal.dsn, release_id)
+        reports = [replay.apply(journal.conn, release_id, restored_dsn, opts(),
+                                stored_upto=replayed_upto)]
+        catching_up.result()
+    labels = [""]
+    if (stored := last_stored(journal, release_id)) > replayed_upto:
+        require_complete(journal, release_id, way_out)
+        reports.append(replay.apply(journal.conn, release_id, restored_dsn, opts(),
+                                    stored_after=replayed_upto))
+        labels.append("caught up: ")
+        replayed_upto = stored
 
     def tail(live: psycopg.Connection[Any]) -> dict[str, Any]:
         # Every other session has exited (restore waits for them): nothing commits after this.
@@ -197,8 +224,9 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         return {"tail_changes": sum(t.changes for t in last.tables.values()), "tail": last}
 
     swapped = restore.swap(dsn, names, tail, pausing)
-    last: replay.Report | None = swapped.pop("tail", None)
-    reports = [first] + ([last] if last else [])
+    if (last := swapped.pop("tail", None)) is not None:
+        reports.append(last)
+        labels.append("tail: ")
     return {
         "action": action,
         **swapped,
@@ -206,7 +234,7 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         "conflicts": sum(len(r.conflicts) for r in reports),
         "side_effect_rows": sum(r.side_effect_rows for r in reports),
         "reconciliation": next((r.reconciliation for r in reports if r.reconciliation), None),
-        "summary": first.summary() if last is None else f"{first.summary()}; tail: {last.summary()}",
+        "summary": "; ".join(label + r.summary() for label, r in zip(labels, reports, strict=True)),
         "conflict_list": conflict_list(reports),
     }
 

@@ -310,7 +310,12 @@ def _on_slot(app: psycopg.Connection[Any], query: str, params: Any, binary: bool
 def collect(app: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int,
             slot: str, upto_lsn: str | None = None) -> int:
     """Store the slot's committed transactions in the journal as raw pgoutput messages, batch by
-    batch, advancing the slot only past what is stored; return the messages stored."""
+    batch, advancing the slot only past what is stored; return the messages stored.
+
+    With `upto_lsn` (a pause's last read: nothing commits after it), the last batch leaves the
+    slot where it is. An advance reads the slot's WAL again from its restart point, which a
+    restore's load may have left a database's worth behind; a later read resends what is stored,
+    and `collected_to` leaves it out."""
     stored = 0
     while True:
         slot_wal(app, slot)
@@ -324,7 +329,8 @@ def collect(app: psycopg.Connection[Any], state: psycopg.Connection[Any], releas
         messages = _on_slot(app, _PEEK, (slot, upto, RAW_BATCH, slot), binary=True)[0] or []
         count = len(messages)
         if not messages:
-            _on_slot(app, "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, upto))
+            if upto_lsn is None:
+                _on_slot(app, "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, upto))
             return stored
         first, last, end_lsn = pgoutput.transaction_bounds(messages)
         if count < RAW_BATCH:
@@ -341,6 +347,8 @@ def collect(app: psycopg.Connection[Any], state: psycopg.Connection[Any], releas
                               "WHERE release_id = %s", (last, release_id))
             stored += len(messages)
             failpoints.hit("capture", "collected")
+        if count < RAW_BATCH and upto_lsn is not None:
+            return stored
         # Only now that the journal has them may the slot forget them.
         _on_slot(app, "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
                  (slot, pgoutput.format_lsn(end_lsn)))
@@ -586,42 +594,47 @@ DECODE_SHARE = 0.1
 
 
 class Worker(threading.Thread):
-    """Keeps the capture in hand while the release runs, every `interval` seconds: `lazy` keeps
-    the WAL not yet stored within `budget` bytes (see `wal_budget`); `continuous` stores the
-    slot's messages every round and decodes them in a thread of its own, at the lowest CPU
-    priority and for at most DECODE_SHARE of the time unless `nice` is off (a rollback's decoding
-    while the snapshot restores: users are on blue, and the pause waits for it)."""
+    """Keeps the capture in hand, every `interval` seconds, in one of three modes:
+
+    - `lazy` keeps the WAL not yet stored within `budget` bytes (see `wal_budget`);
+    - `continuous` stores the slot's messages every round and decodes them in a thread of its
+      own, at the lowest CPU priority and for at most DECODE_SHARE of the time;
+    - `restore` (a rollback's, while the snapshot loads) stores what the slot holds at once and
+      decodes it at full speed (users are on blue, and the pause waits for it), then stores again
+      only over the budget: the load's long transactions hold the slot's restart point, so every
+      read of the slot would go over the load's WAL from there again.
+    """
 
     def __init__(self, app_dsn: str, state_dsn: str, info: CaptureInfo, interval: float = 1.0,
-                 mode: str = "continuous", budget: int = 1 << 30, nice: bool = True) -> None:
+                 mode: str = "continuous", budget: int = 1 << 30) -> None:
         super().__init__(name="deployctl-capture", daemon=True)
         self.app_dsn, self.state_dsn, self.info, self.interval = app_dsn, state_dsn, info, interval
-        self.mode, self.budget, self.nice = mode, budget, nice
+        self.mode, self.budget, self.nice = mode, budget, mode == "continuous"
         self.stopping = threading.Event()
         self.lost: str | None = None
         self.wal: SlotWal | None = None  # what the slot held at the last look
 
     def run(self) -> None:
         decoder = None
-        if self.mode == "continuous":
+        if self.mode in ("continuous", "restore"):
             decoder = threading.Thread(target=self._decode, name="deployctl-decode", daemon=True)
             decoder.start()
         app: psycopg.Connection[Any] | None = None
         next_report = time.monotonic() + REPORT_EVERY_S
-        while not self.stopping.wait(self.interval):
+        everything = self.mode in ("continuous", "restore")  # this round stores all the slot holds
+        while not self.stopping.wait(0 if everything and self.mode == "restore" else self.interval):
             try:
                 if app is None or app.closed:
                     app = psycopg.connect(self.app_dsn, autocommit=True)
                     budget = wal_budget(app, self.budget)
-                if self.mode == "continuous":
-                    budget = 0  # everything, every round
-                self.wal = keep_within(app, self.state_dsn, self.info, budget)
+                self.wal = keep_within(app, self.state_dsn, self.info, 0 if everything else budget)
+                everything = self.mode == "continuous"
                 if self.wal is not None and time.monotonic() >= next_report:
                     next_report = time.monotonic() + REPORT_EVERY_S
                     log.info("capture", slot_holds=progress.amount(self.wal.held),
                              not_yet_stored=progress.amount(self.wal.pending),
                              **({"budget": progress.amount(budget)} if budget else {}))
-                if self.info.mode == "trigger" and self.mode == "continuous":
+                if self.info.mode == "trigger" and self.mode != "lazy":
                     drain_with(app, self.state_dsn, self.info)
             except CaptureLost as exc:
                 self.lost = str(exc)

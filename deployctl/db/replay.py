@@ -158,18 +158,26 @@ class ReplayConflict(StepFailed):
 # -- reading the delta ---------------------------------------------------------------------------
 
 def changes(state: psycopg.Connection[Any], release_id: int, stored_after: int = 0,
-            table: tuple[str, str] | None = None) -> list[dict[str, Any]]:
-    """The delta in commit order (optionally only what reached the journal after `stored_after`,
-    only one table's)."""
+            table: tuple[str, str] | None = None, stored_upto: int | None = None) -> list[dict[str, Any]]:
+    """The delta in commit order (optionally only what reached the journal after `stored_after`
+    and up to `stored_upto`, only one table's)."""
     cur = state.cursor()
     # Every digit of a JSON number counts (trigger capture keeps numbers as JSON numbers).
     set_json_loads(partial(json.loads, parse_float=Decimal, parse_int=Decimal), cur)
     return cur.execute(
         """SELECT pos, seq, xid, committed_at, schema_name, table_name, op, key, new, old, unchanged
-           FROM deployctl.changes WHERE release_id = %s AND stored > %s
+           FROM deployctl.changes WHERE release_id = %s AND stored > %s AND stored <= %s
              AND (%s::text IS NULL OR (schema_name, table_name) = (%s, %s))
            ORDER BY pos, seq""",
-        (release_id, stored_after, table and table[0], table and table[0], table and table[1])).fetchall()
+        (release_id, stored_after, _upto(stored_upto), table and table[0], table and table[0],
+         table and table[1])).fetchall()
+
+
+def _upto(stored_upto: int | None) -> int:
+    return STORED_MAX if stored_upto is None else stored_upto
+
+
+STORED_MAX = (1 << 63) - 1  # `stored` is a bigserial
 
 
 @dataclass(frozen=True)
@@ -264,7 +272,7 @@ class _Table:
             f=final, c=sql.Literal(col), v=value, t=_T, n=sql.Identifier(col))
 
     def load(self, state: psycopg.Connection[Any], release_id: int, sources: list[str],
-             stored_after: int, history: History, target_revision: str | None,
+             stored: tuple[int, int], history: History, target_revision: str | None,
              stages: dict[str, float]) -> sql.Composable:
         """The changes of `sources` (the target's own name, or the names it had in the new
         version) from the journal into the target, each mapped from its shape; the query that
@@ -284,10 +292,12 @@ class _Table:
                 "COPY (SELECT c.pos, c.seq, c.op, c.key, c.new, c.old, c.unchanged, "
                 "COALESCE(s.json_columns, '{{}}'), {own}, {own} AND s.columns <@ {cols}::text[] IS TRUE "
                 "FROM deployctl.changes c LEFT JOIN deployctl.shapes s ON s.id = c.shape "
-                "WHERE c.release_id = {release} AND c.stored > {after} AND c.schema_name = {schema} "
+                "WHERE c.release_id = {release} AND c.stored > {after} AND c.stored <= {upto} "
+                "AND c.schema_name = {schema} "
                 "AND c.table_name IN ({sources})) TO STDOUT").format(
                     own=own, cols=sql.Literal(self.columns), release=sql.Literal(release_id),
-                    after=sql.Literal(stored_after), schema=sql.Literal(self.schema),
+                    after=sql.Literal(stored[0]), upto=sql.Literal(stored[1]),
+                    schema=sql.Literal(self.schema),
                     sources=sql.SQL(", ").join(map(sql.Literal, sources)))) as out, \
                 self.conn.cursor().copy("COPY replay_mapped (pos, seq, op, key, new, old, unchanged, "
                                         "json_columns, own, plain) FROM STDIN") as into:
@@ -473,14 +483,16 @@ def _session_reset(conn: psycopg.Connection[Any]) -> None:
 
 
 def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, options: Options,
-          stored_after: int = 0) -> Report:
+          stored_after: int = 0, stored_upto: int | None = None) -> Report:
     """Replay the delta of `release_id` (from the journal at `state`) into `target_dsn`;
-    `stored_after` limits it to what reached the journal after that point (a restore's tail)."""
+    `stored_after` and `stored_upto` limit it to what reached the journal after and up to those
+    points (a restore's tail; what was stored before a drain that runs beside it)."""
+    stored = (stored_after, _upto(stored_upto))
     report = Report(release_id, options.dry_run)
     counted = state.execute(
         """SELECT schema_name, table_name, count(*) FROM deployctl.changes
-           WHERE release_id = %s AND stored > %s GROUP BY 1, 2 ORDER BY 1, 2""",
-        (release_id, stored_after)).fetchall()
+           WHERE release_id = %s AND stored > %s AND stored <= %s GROUP BY 1, 2 ORDER BY 1, 2""",
+        (release_id, *stored)).fetchall()
     # A table's changes land in one target table, whatever it was called when they were made.
     groups: dict[tuple[str, str], dict[str, int]] = {}
     for row in counted:
@@ -499,7 +511,7 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
                                        for row in counted), unit="changes"):
                 for n, ((schema, target), sources) in enumerate(sorted(groups.items())):
                     table = _one_table(conn, state, release_id, n, schema, target, sources,
-                                       options, report, side_effects, stored_after, revision, set(groups))
+                                       options, report, side_effects, stored, revision, set(groups))
                     if table is not None:
                         planned.append(table)
             if report.conflicts and options.on_conflict == "fail":
@@ -555,14 +567,14 @@ def _revision(conn: psycopg.Connection[Any], history: History) -> str | None:
 
 def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], release_id: int, n: int,
                schema: str, target: str, sources: dict[str, int], options: Options, report: Report,
-               side_effects: list[dict[str, Any]], stored_after: int, revision: str | None,
+               side_effects: list[dict[str, Any]], stored: tuple[int, int], revision: str | None,
                replayed: set[tuple[str, str]]) -> _Table | None:
     """Load and plan the changes of `sources` (with their counts) into `target`; the table if
     it has rows to write."""
     if target in options.side_effects or options.side_effects & sources.keys():
         report.tables.setdefault(target, TableReport(target, sum(sources.values()))).side_effect = True
         for source in sources:
-            side_effects.extend(changes(state, release_id, stored_after, (schema, source)))
+            side_effects.extend(changes(state, release_id, stored[0], (schema, source), stored[1]))
         return None
     shape = _target_shape(conn, schema, target)
     if shape is None:
@@ -578,7 +590,7 @@ def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], re
                for col, spec in options.tables.get(source, TableMap()).columns.items()}
     table = _Table(conn, n, schema, target, shape, TableMap(target, columns), table_report,
                    options.json_as_text)
-    folded = table.load(state, release_id, sorted(sources), stored_after, options.history, revision,
+    folded = table.load(state, release_id, sorted(sources), stored, options.history, revision,
                         report.stages)
     with _timed(report.stages, "plan"):
         table.plan_rows(folded)
