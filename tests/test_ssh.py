@@ -7,6 +7,7 @@ Several "hosts" are the same server under different names: what differs between 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -17,12 +18,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import paramiko
 import pytest
 from structlog.testing import capture_logs
 
 from deployctl.errors import BadInput
+from deployctl.fleet import versions
 from deployctl.fleet.process import ProcessSpec
 from deployctl.fleet.transports.ssh import (
     AuthFailed,
@@ -39,6 +42,7 @@ from deployctl.fleet.transports.ssh import (
     remote_command,
     shown_command,
 )
+from deployctl.playbook import DeployConfig
 from tests.sshd import (
     Keys,
     Sshd,
@@ -570,3 +574,13 @@ def _no_stray_sessions(request: pytest.FixtureRequest) -> Iterator[None]:
     while sshd.sessions() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert sshd.sessions() == []
+
+
+def test_every_transport_a_playbook_may_name_has_a_fleet() -> None:
+    named = set(get_args(DeployConfig.model_fields["transport"].annotation))
+    assert named == set(versions.FLEETS)
+    for path in versions.FLEETS.values():
+        module, _, name = path.partition(":")
+        fleet = getattr(importlib.import_module(module), name)
+        for method in ("unreachable", "start", "stop", "make_live"):
+            assert callable(getattr(fleet, method)), (name, method)

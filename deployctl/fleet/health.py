@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Callable
 
 from deployctl.errors import StepFailed
+from deployctl.playbook import Playbook
 
 
 def http_status(url: str, timeout: float) -> int | None:
@@ -40,3 +41,9 @@ def wait_healthy(url: str, *, timeout: float, interval: float,
         time.sleep(interval)
     seen = f"last status {last}" if last else "no answer"
     raise StepFailed(f"{url} not healthy after {timeout:g}s ({seen})")
+
+
+def healthy(pb: Playbook, url: str, died: Callable[[], str | None]) -> float:
+    """Seconds, rounded, until the version at `url` answered the playbook's health check."""
+    health = pb.deploy.health
+    return round(wait_healthy(url, timeout=health.timeout, interval=health.interval, died=died), 3)

@@ -1,4 +1,5 @@
 """Transports run the application's processes on its hosts: `local` (this machine) and `ssh`.
 
-deployctl/fleet/versions.py picks one from the playbook's `deploy.transport`.
+Each has a fleet (`LocalFleet` in local.py, `SshFleet` in ssh_fleet.py) that
+deployctl/fleet/versions.py looks up by the playbook's `deploy.transport` in FLEETS.
 """

@@ -14,9 +14,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from deployctl import files
+from deployctl.fleet import process
+from deployctl.fleet.health import healthy
 from deployctl.fleet.process import ProcessSpec
+from deployctl.playbook import Playbook
 
 
 class LocalTransport:
@@ -100,3 +104,26 @@ def _reap(pid: int, block: bool = False) -> None:
     # Our own children become zombies (still in /proc) until waited for.
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0 if block else os.WNOHANG)
+
+
+class LocalFleet:
+    """The `local` fleet: one process on this machine, with its pidfile in the workdir."""
+
+    def __init__(self, pb: Playbook, workdir: Path) -> None:
+        self.pb, self.local, self.spec = pb, LocalTransport(workdir), process.for_playbook(pb)
+
+    def unreachable(self) -> dict[str, str]:
+        return {}
+
+    def start(self, upload: bool) -> dict[str, Any]:
+        restarted = self.local.pid(self.spec) is None
+        pid = self.local.start(self.spec)
+        url = self.pb.deploy.health.url
+        took = healthy(self.pb, url, lambda: self.local.exited(self.spec))
+        return {"pid": pid, "healthy_after_s": took, "health": url, "restarted": restarted}
+
+    def stop(self) -> bool:
+        return self.local.stop(self.spec, self.pb.deploy.stop_timeout)
+
+    def make_live(self) -> dict[str, Any]:
+        return {}  # the playbook's command is what runs: no link to switch
