@@ -59,8 +59,8 @@ def split_for(pb: Playbook, upto: int) -> Split:
 
 
 def in_ci() -> bool:
-    """Nobody to answer a pause: CI=true, or `deployctl --yes`."""
-    return any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("CI", "DEPLOYCTL_YES"))
+    """Run by CI (CI=true, as CI services set it): nobody answers a pause."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 class Operator:
@@ -118,8 +118,9 @@ class Operator:
 
 
 def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
-             record: Any) -> dict[str, Any]:
-    """Hold cohort step `index` while its gates pass; return what the journal keeps of it."""
+             record: Any, unattended: bool = False) -> dict[str, Any]:
+    """Hold cohort step `index` while its gates pass; return what the journal keeps of it.
+    `unattended` (`--yes`) or CI: a step no reading could judge rolls back instead of pausing."""
     step: CohortStep = pb.cohorts[index]
     gates = pb.gates
     held = 0.0
@@ -155,7 +156,7 @@ def run_step(pb: Playbook, index: int, watch: Watch, operator: Operator,
             failing = 0
     if ended == "held" and readings and not conclusive:
         policy = gates.on_inconclusive
-        if policy == "pause" and in_ci():
+        if policy == "pause" and (unattended or in_ci()):
             policy = "rollback"
         why = f"cohort {step.name}: no gate reading was conclusive in {readings} readings"
         if policy == "rollback":

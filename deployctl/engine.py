@@ -228,8 +228,9 @@ def summarize(journal: Journal, release_id: int) -> Result:
                   list(steps.values()))
 
 
-def release(pb: Playbook) -> Result:
-    """Release `pb.version` of `pb.app`: run every step, roll back on any failure."""
+def release(pb: Playbook, *, unattended: bool = False) -> Result:
+    """Release `pb.version` of `pb.app`: run every step, roll back on any failure.
+    `unattended`: nobody answers a pause (`--yes`; CI=true is read by the cohort steps)."""
     with Journal(state_dsn(pb)) as journal:
         journal.acquire(pb.app, pb.version)
         try:
@@ -251,7 +252,7 @@ def release(pb: Playbook) -> Result:
             with _notifying(pb, rid) as notifier, _blue_if_the_journal_is_lost(pb, rid):
                 notifier.send("start", f"release started (from version "
                                        f"{live['live_version'] if live else 'none'})")
-                _forward(Run(pb, journal, rid, notifier))
+                _forward(Run(pb, journal, rid, notifier, unattended))
                 return _ended(journal, rid, notifier)
         finally:
             journal.release_lock(pb.app)
@@ -299,7 +300,8 @@ def _ended(journal: Journal, release_id: int, notifier: Notifier) -> Result:
     return result
 
 
-def _continue(state: str, release_id: int, action: str, database: str | None = None) -> Result:
+def _continue(state: str, release_id: int, action: str, database: str | None = None,
+              unattended: bool = False) -> Result:
     with Journal(state) as journal:
         found = journal.get(release_id)
         if not found.open:
@@ -312,7 +314,7 @@ def _continue(state: str, release_id: int, action: str, database: str | None = N
         try:
             notifier = Notifier(pb, release_id)
             with _blue_if_the_journal_is_lost(pb, release_id):
-                run = Run(pb, journal, release_id, notifier)
+                run = Run(pb, journal, release_id, notifier, unattended)
                 found = journal.get(release_id)  # it may have moved on while we waited
                 if not found.open:
                     raise BadInput(f"release #{release_id} is already {found.status}")
@@ -384,9 +386,9 @@ def request(state: str, release_id: int, command: str) -> str:
         return str(lock["holder"])
 
 
-def resume(state: str, release_id: int) -> Result:
+def resume(state: str, release_id: int, *, unattended: bool = False) -> Result:
     """Continue a release whose process died: forward if it was going forward, else back."""
-    return _continue(state, release_id, "resume")
+    return _continue(state, release_id, "resume", unattended=unattended)
 
 
 def rollback(state: str, release_id: int, database: str | None = None) -> Result:

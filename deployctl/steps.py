@@ -43,6 +43,7 @@ class Run:
     journal: Journal
     release_id: int
     notifier: Notifier | None = None
+    unattended: bool = False  # nobody answers a pause (`deployctl --yes`)
 
     def tell(self, event: str, text: str, **fields: Any) -> None:
         """Let the playbook's webhooks know (never fails the release)."""
@@ -187,7 +188,7 @@ def cohort(index: int) -> Callable[[Run], Outcome]:
                          verdict=check["status"], detail=redact(check["detail"]), value=check["value"])
 
         operator = cohorts.Operator(run.journal, run.release_id, name, run.tell)
-        detail = cohorts.run_step(run.pb, index, watch, operator, record)
+        detail = cohorts.run_step(run.pb, index, watch, operator, record, run.unattended)
         return Outcome({**detail, "percent": split.percent, "allow": len(split.allow)})
     return step
 

@@ -192,7 +192,9 @@ def test_a_step_without_a_conclusive_reading_rolls_back_in_ci(
     released_v1(env, haproxy)
     playbook = routed(env, haproxy, "2", gates={**GATES, "on_inconclusive": "pause"},
                       cohorts=[{"name": "beta", "percent": 10, "hold": "1.5s"}])
-    args, extra = (["release"], {"CI": "true"}) if unattended == "CI=true" else (["--yes", "release"], {})
+    # Each on its own: CI runs this test with CI=true.
+    args, extra = ((["release"], {"CI": "true", "DEPLOYCTL_YES": ""}) if unattended == "CI=true"
+                   else (["--yes", "release"], {"CI": ""}))
     done = env.cli(*args, str(playbook), env=extra, timeout=300)  # nobody is using the app
     assert done.returncode == 1, done.stdout + done.stderr
     release = env.release_row()

@@ -5,7 +5,6 @@ database, and how results print (text, or JSON with `--json`)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -126,13 +125,18 @@ def finish(result: engine.Result, as_json: bool) -> int:
 def main(debug: bool, log_json: bool | None, color: bool | None, yes: bool) -> None:
     """Blue-green releases with rollbacks that lose no user action."""
     configure(json=log_json, debug=debug, color=color)
-    if yes:
-        os.environ["DEPLOYCTL_YES"] = "1"  # read by deployctl.cohorts.in_ci()
+    click.get_current_context().obj = {"yes": yes}
+
+
+def unattended() -> bool:
+    """Whether `--yes` (or DEPLOYCTL_YES) was given: nobody is there to answer."""
+    obj = click.get_current_context().find_root().obj
+    return bool(obj and obj.get("yes"))
 
 
 def confirm(question: str) -> None:
     """An operator's yes: `--yes`, or an answer on the terminal; nothing else."""
-    if os.environ.get("DEPLOYCTL_YES") == "1":
+    if unattended():
         return
     if not sys.stdin.isatty():
         raise BadInput(f"{question} Confirm with `deployctl --yes …` (no terminal to ask on)")

@@ -16,6 +16,7 @@ from deployctl.cli.base import (
     main,
     result_text,
     state_dsn_of,
+    unattended,
     with_state,
 )
 from deployctl.errors import EXIT_OK, BadInput
@@ -27,7 +28,7 @@ from deployctl.errors import EXIT_OK, BadInput
 @handled
 def release(playbook_path: str, as_json: bool) -> int:
     """Release the version in PLAYBOOK; roll back on its own if any step fails."""
-    return finish(engine.release(playbook.load(playbook_path)), as_json)
+    return finish(engine.release(playbook.load(playbook_path), unattended=unattended()), as_json)
 
 
 @main.command()
@@ -71,7 +72,7 @@ def resume(release_id: int | None, pb_path: str | None, state_dsn: str | None,
     state, rid = _target(release_id, pb_path, state_dsn)
     if engine.running_elsewhere(state, rid):
         return _request("resume", rid, None, state, as_json)
-    return finish(engine.resume(state, rid), as_json)
+    return finish(engine.resume(state, rid, unattended=unattended()), as_json)
 
 
 @main.command()
