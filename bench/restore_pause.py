@@ -34,8 +34,8 @@ from bench.common import (
 )
 from bench.replay_speed import SEED_DB, _fingerprint, seed
 from deployctl.db import capture, replay, restore, snapshot
-from deployctl.delta import last_stored
 from deployctl.journal import Journal, with_dbname
+from deployctl.journal.delta import last_stored
 from deployctl.localpg import LocalCluster
 
 BEFORE = 10_000

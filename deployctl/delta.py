@@ -22,6 +22,7 @@ from deployctl.db.shapes import History
 from deployctl.errors import BadInput, StepFailed
 from deployctl.files import write_private
 from deployctl.journal import Journal, holder_name, with_dbname
+from deployctl.journal import delta as delta_rows
 from deployctl.log import log
 from deployctl.playbook import Playbook
 from deployctl.redact import mask_personal, redact, safe_dsn
@@ -117,7 +118,7 @@ def discard(journal: Journal, release_id: int) -> None:
     with journal.transaction():
         if (row := journal.capture(release_id)) is None or row["status"] != "active":
             return
-        journal.execute("DELETE FROM deployctl.wal_batches WHERE release_id = %s", (release_id,))
+        delta_rows.drop_undecoded(journal, release_id)
         journal.set_capture(release_id, "discarded", "the release succeeded: with capture.drain "
                             "lazy its delta is never decoded")
 
@@ -155,10 +156,8 @@ def finish(journal: Journal, pb: Playbook, release_id: int) -> dict[str, Any]:
         drain(journal, pb, release_id)
     capture.stop(where, row["slot"])
     journal.set_capture(release_id, "stopped")
-    changes = journal.execute("SELECT count(*) AS n FROM deployctl.changes WHERE release_id = %s",
-                                   (release_id,)).fetchone()
     return {"capture": journal.capture(release_id)["status"],  # type: ignore[index]
-            "changes_captured": changes["n"] if changes else 0}
+            "changes_captured": delta_rows.held(journal, release_id)[0]}
 
 
 def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapshot_path: Path,
@@ -199,7 +198,7 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
                f"`deployctl rollback {release_id} --database keep|downgrade`")
     decode_collected(journal, release_id)
     require_complete(journal, release_id, way_out)
-    replayed_upto = last_stored(journal, release_id)
+    replayed_upto = delta_rows.last_stored(journal, release_id)
     # The slot is read past the load's WAL (a database's worth) while the first replay runs;
     # what that brings (users' writes on blue during the load) is replayed before the pause.
     with ThreadPoolExecutor(1, thread_name_prefix="deployctl-drain") as beside:
@@ -208,7 +207,7 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
                                 stored_upto=replayed_upto)]
         catching_up.result()
     labels = [""]
-    if (stored := last_stored(journal, release_id)) > replayed_upto:
+    if (stored := delta_rows.last_stored(journal, release_id)) > replayed_upto:
         require_complete(journal, release_id, way_out)
         reports.append(replay.apply(journal.conn, release_id, restored_dsn, opts(),
                                     stored_after=replayed_upto))
@@ -248,13 +247,6 @@ def conflict_list(reports: list[replay.Report]) -> list[dict[str, Any]]:
     return [c.__dict__ for r in reports for c in r.conflicts][:CONFLICTS_KEPT]
 
 
-def last_stored(journal: Journal, release_id: int) -> int:
-    row = journal.execute(
-        "SELECT COALESCE(max(stored), 0) AS last FROM deployctl.changes WHERE release_id = %s",
-        (release_id,)).fetchone()
-    return int(row["last"]) if row else 0
-
-
 # -- after an incident: deployctl delta show | export | replay -----------------------------------
 
 def up_to_date(journal: Journal, pb: Playbook, release_id: int) -> None:
@@ -273,14 +265,10 @@ def capture_status(journal: Journal, pb: Playbook, release_id: int) -> dict[str,
     row = journal.capture(release_id)
     if row is None:
         return None
-    stored = journal.execute(
-        """SELECT (SELECT count(*) FROM deployctl.changes WHERE release_id = %(r)s) AS changes,
-                  (SELECT count(*) FROM deployctl.wal_batches WHERE release_id = %(r)s) AS batches""",
-        {"r": release_id}).fetchone()
+    changes, batches = delta_rows.held(journal, release_id)
     out: dict[str, Any] = {
         "mode": row["mode"], "drain": pb.capture.drain, "status": row["status"],
-        "changes": stored["changes"] if stored else 0,
-        "undecoded_batches": stored["batches"] if stored else 0,
+        "changes": changes, "undecoded_batches": batches,
         "wal_held_bytes": None, "wal_pending_bytes": None, "wal_budget_bytes": None}
     if row["status"] == "active" and row["mode"] == "logical":
         try:
@@ -300,27 +288,15 @@ def show(journal: Journal, release_id: int, pb: Playbook | None = None) -> dict[
     row = journal.capture(release_id)
     if row is None:
         raise BadInput(f"release #{release_id} captured no delta (it stopped before its snapshot)")
-    tables = journal.execute(
-        """SELECT schema_name || '.' || table_name AS table, op, count(*) AS n
-           FROM deployctl.changes WHERE release_id = %s GROUP BY 1, 2 ORDER BY 1, 2""",
-        (release_id,)).fetchall()
-    per_table: dict[str, dict[str, int]] = {}
-    for t in tables:
-        per_table.setdefault(t["table"], {})[t["op"]] = t["n"]
-    span = journal.execute(
-        """SELECT count(*) AS changes, count(DISTINCT xid) AS transactions,
-                  min(committed_at) AS first, max(committed_at) AS last
-           FROM deployctl.changes WHERE release_id = %s""", (release_id,)).fetchone()
+    span = delta_rows.span(journal, release_id)
     return {
         "release_id": release_id, "mode": row["mode"], "status": row["status"],
         "problem": row["problem"], "snapshot": row["snapshot"],
-        "changes": span["changes"] if span else 0,
-        "transactions": span["transactions"] if span else 0,
-        "first_change_at": span["first"] if span else None,
-        "last_change_at": span["last"] if span else None,
+        "changes": span["changes"], "transactions": span["transactions"],
+        "first_change_at": span["first"], "last_change_at": span["last"],
         "excluded": {"in_snapshot": row["in_snapshot"], "migrations": row["migrations"],
                      "own_replays": row["own_writes"]},
-        "tables": per_table,
+        "tables": delta_rows.per_table(journal, release_id),
     }
 
 

@@ -23,7 +23,7 @@ from deployctl.db.libpq import tool_version
 from deployctl.db.migrate import Alembic
 from deployctl.errors import DeployctlError
 from deployctl.fleet import routers, versions
-from deployctl.journal import default_state_dsn
+from deployctl.journal import default_state_dsn, open_releases
 from deployctl.playbook import Playbook
 from deployctl.redact import safe_dsn
 
@@ -245,7 +245,7 @@ def _capture(pb: Playbook, release_id: int | None) -> Check:
         mode = capture.capture_mode(conn, "auto")
         keyless = capture.tables_without_key(conn, pb.capture.schemas)
         triggers = capture.triggers_installed(conn)
-    if triggers and slots.open_releases(_state_dsn(pb), pb.app) in (set(), {release_id}):
+    if triggers and open_releases(_state_dsn(pb), pb.app) in (set(), {release_id}):
         # No other unfinished release owns them (this one creates its own after preflight):
         # every user write still goes into a capture table for nobody.
         return Check("capture", "fail", f"capture triggers (schema {capture.TRIGGER_SCHEMA}) left by "
@@ -281,7 +281,7 @@ def _slots(pb: Playbook) -> Check:
         return Check("slots", "pass", "no replication slots")
     mine = capture.object_name(pb.app, 0)[:-1]
     # The journal says which releases are unfinished; read it only when it matters.
-    open_ids = slots.open_releases(_state_dsn(pb), pb.app) if any(
+    open_ids = open_releases(_state_dsn(pb), pb.app) if any(
         s.name.startswith(mine) for s in found) else set()
     orphans = slots.orphans(found, pb.app, open_ids)
     if not orphans:

@@ -37,6 +37,7 @@ from deployctl import delta as deltas
 from deployctl.errors import STATUS_EXIT_CODES, DeployctlError
 from deployctl.files import private_dir, write_private
 from deployctl.journal import Journal, Release
+from deployctl.journal import delta as delta_rows
 from deployctl.log import log
 from deployctl.playbook import Playbook, parse
 from deployctl.redact import MASK, is_personal, redact
@@ -360,14 +361,8 @@ def _personal_values(journal: Journal, release_id: int, personal: list[str]) -> 
     found: set[str] = set()
     for item in personal:
         table, column = item.rsplit(".", 1)
-        rows = journal.execute(
-            """SELECT DISTINCT v FROM deployctl.changes c,
-                   LATERAL (VALUES (c.new ->> %(col)s), (c.old ->> %(col)s), (c.key ->> %(col)s)) AS x(v)
-               WHERE c.release_id = %(rid)s AND c.table_name = %(table)s AND length(v) >= %(min)s
-               LIMIT %(limit)s""",
-            {"col": column, "rid": release_id, "table": table.rsplit(".", 1)[-1],
-             "min": _MIN_SCRUB_LEN, "limit": _MAX_SCRUB_VALUES}).fetchall()
-        found.update(r["v"] for r in rows)
+        found |= delta_rows.values_of(journal, release_id, table.rsplit(".", 1)[-1], column,
+                                      shortest=_MIN_SCRUB_LEN, most=_MAX_SCRUB_VALUES)
     return found
 
 

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from deployctl.db.capture import object_name, wal_keep_size
-from deployctl.journal import OPEN_STATUSES
 
 GIB = 1 << 30
 # Without max_slot_wal_keep_size a slot may hold WAL until the disk is full.
@@ -62,21 +60,6 @@ def wal_limit(conn: psycopg.Connection[Any]) -> tuple[int, str]:
     return keep // 2, "half of max_slot_wal_keep_size"
 
 
-def open_releases(state_dsn: str, app: str) -> set[int] | None:
-    """Ids of `app`'s unfinished releases; None when the journal cannot be read."""
-    try:
-        with psycopg.connect(state_dsn, connect_timeout=10) as conn:
-            found = conn.execute("SELECT to_regclass('deployctl.releases') IS NOT NULL").fetchone()
-            if not found or not found[0]:
-                return set()
-            rows = conn.execute("SELECT id FROM deployctl.releases WHERE app = %s AND status = ANY(%s)",
-                                (app, list(OPEN_STATUSES))).fetchall()
-    except psycopg.OperationalError as exc:
-        # No state database yet: deployctl never released anything there. (libpq reports a
-        # failed connection without a SQLSTATE, hence the message, as the journal reads it.)
-        dbname = conninfo_to_dict(state_dsn).get("dbname")
-        return set() if f'database "{dbname}" does not exist' in str(exc) else None
-    return {row[0] for row in rows}
 
 
 def orphans(slots: list[Slot], app: str, open_ids: set[int] | None) -> list[Orphan]:

@@ -475,3 +475,21 @@ class Journal:
     def live(self, app: str) -> dict[str, Any] | None:
         row = self.execute("SELECT * FROM deployctl.apps WHERE app = %s", (app,)).fetchone()
         return dict(row) if row else None
+
+
+def open_releases(state_dsn: str, app: str) -> set[int] | None:
+    """Ids of `app`'s unfinished releases, read without creating the journal (preflight touches
+    nothing); None when the journal cannot be read."""
+    try:
+        with psycopg.connect(state_dsn, connect_timeout=10) as conn:
+            found = conn.execute("SELECT to_regclass('deployctl.releases') IS NOT NULL").fetchone()
+            if not found or not found[0]:
+                return set()
+            rows = conn.execute("SELECT id FROM deployctl.releases WHERE app = %s AND status = ANY(%s)",
+                                (app, list(OPEN_STATUSES))).fetchall()
+    except psycopg.OperationalError as exc:
+        # No state database yet: deployctl never released anything there. (libpq reports a
+        # failed connection without a SQLSTATE, hence the message, as the journal reads it.)
+        dbname = conninfo_to_dict(state_dsn).get("dbname")
+        return set() if f'database "{dbname}" does not exist' in str(exc) else None
+    return {row[0] for row in rows}
