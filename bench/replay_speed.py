@@ -33,6 +33,7 @@ from bench.common import (
 )
 from deployctl.db import capture, replay
 from deployctl.journal import Journal
+from deployctl.journal import delta as delta_rows
 from deployctl.localpg import LocalCluster
 
 SEED_DB = "bench_seed"
@@ -123,7 +124,7 @@ def run(cluster: LocalCluster, rounds: int) -> None:
             raise RuntimeError(f"the journal holds {stored} changes, expected {CHANGES}")
         progress(f"wrote in {writing.seconds:.1f}s, drained in {draining.seconds:.1f}s")
         expected = _fingerprint(source)
-        per_table = Counter(r["table_name"] for r in replay.changes(journal.conn, release_id))
+        per_table = Counter(r["table_name"] for r in delta_rows.changes(journal.conn, release_id))
         payload = _copy_payload(source, per_table)
         replay_s: list[float] = []
         copy_s: list[float] = []

@@ -16,12 +16,12 @@ from typing import Any
 import psycopg
 
 from deployctl import failpoints
-from deployctl.db import capture, capture_store, replay, restore
+from deployctl.db import capture, replay, restore
 from deployctl.db.capture import CaptureInfo, CaptureLost
 from deployctl.db.shapes import History
 from deployctl.errors import BadInput, StepFailed
 from deployctl.files import write_private
-from deployctl.journal import Journal, holder_name, with_dbname
+from deployctl.journal import Journal, captured, holder_name, with_dbname
 from deployctl.journal import delta as delta_rows
 from deployctl.log import log
 from deployctl.playbook import Playbook
@@ -72,7 +72,7 @@ def require_complete(journal: Journal, release_id: int, way_out: str = "") -> No
 
 
 def drain(journal: Journal, pb: Playbook, release_id: int, conn: psycopg.Connection[Any] | None = None,
-          upto_lsn: str | None = None) -> capture_store.Drained | None:
+          upto_lsn: str | None = None) -> captured.Drained | None:
     """Drain what the capture holds into the journal; a lost slot marks the delta incomplete.
     A capture no longer active may still hold collected batches to decode (a crash between)."""
     row = journal.capture(release_id)
@@ -306,7 +306,7 @@ def export(journal: Journal, pb: Playbook, release_id: int, path: Path) -> dict[
     journal.get(release_id)
     up_to_date(journal, pb, release_id)
     shown = show(journal, release_id)
-    rows = replay.changes(journal.conn, release_id)
+    rows = delta_rows.changes(journal.conn, release_id)
     masked = [_masked(r, personal) for r in rows]
     replay.write_jsonl(path, masked)
     snapshot = journal.snapshot(release_id)

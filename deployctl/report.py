@@ -210,13 +210,6 @@ def _cohorts(steps: list[dict[str, Any]], events: list[dict[str, Any]], readings
     return out
 
 
-def _controls(journal: Journal, release_id: int) -> list[dict[str, Any]]:
-    rows = journal.execute(
-        """SELECT command, requested_by, requested_at, handled_at FROM deployctl.controls
-           WHERE release_id = %s ORDER BY id""", (release_id,)).fetchall()
-    return [dict(r) for r in rows]
-
-
 def _during(steps: list[dict[str, Any]], at: datetime) -> str | None:
     """The step that was running at `at` (the last one started before it)."""
     found = None
@@ -331,7 +324,7 @@ def build(journal: Journal, release_id: int, personal: Iterable[str] = ()) -> di
         },
         "steps": steps,
         "readings": readings,
-        "decision": _decision(release, steps, readings, _controls(journal, release_id)),
+        "decision": _decision(release, steps, readings, journal.requests(release_id)),
         "delta": _delta(journal, release_id, steps, events, pb),
         "cohorts": _cohorts(steps, events, readings, pb),
         "gates": pb.gates.model_dump(mode="json") if pb else None,

@@ -5,6 +5,7 @@ module stands above everything it imports."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "deployctl"
@@ -68,3 +69,14 @@ def test_the_architecture_page_names_every_top_level_module() -> None:
     top = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
     top += [f"{p.name}/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()]
     assert [name for name in top if f"`{name}`" not in page] == []
+
+
+def test_only_the_journal_names_the_state_tables() -> None:
+    schema = (PACKAGE / "sql" / "state.sql").read_text()
+    tables = set(re.findall(r"CREATE TABLE IF NOT EXISTS deployctl\.(\w+)", schema))
+    assert {"releases", "changes", "captures", "wal_batches"} <= tables
+    named = re.compile(rf"\bdeployctl\.({'|'.join(sorted(tables))})\b")
+    outside = [f"{path.relative_to(PACKAGE.parent)}: deployctl.{m.group(1)}"
+               for path in sorted(PACKAGE.rglob("*.py")) if "journal" not in path.relative_to(PACKAGE).parts
+               for m in named.finditer(path.read_text())]
+    assert outside == []

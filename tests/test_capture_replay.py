@@ -30,10 +30,10 @@ import pytest
 from psycopg import sql
 
 from deployctl import delta
-from deployctl.db import capture, capture_store, replay, restore
+from deployctl.db import capture, replay, restore
 from deployctl.db.capture import XidSnapshot
 from deployctl.errors import StepFailed
-from deployctl.journal import Journal, with_dbname
+from deployctl.journal import Journal, captured, with_dbname
 from deployctl.redact import MASK
 from deployctl.steps import Run
 from tests.conftest import SOCIAL, Env, migrate_to, seed, start_capture
@@ -45,7 +45,7 @@ MODES = ["logical", "trigger"]
 
 # -- helpers -------------------------------------------------------------------------------
 
-def drain(run: Run) -> capture_store.Drained:
+def drain(run: Run) -> captured.Drained:
     drained = delta.drain(run.journal, run.pb, run.release_id)
     assert drained is not None, "the capture is not active"
     return drained

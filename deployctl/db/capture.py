@@ -32,8 +32,8 @@ import psycopg
 from psycopg import sql
 
 from deployctl import failpoints, progress
-from deployctl.db import capture_store as store
 from deployctl.db import pgoutput
+from deployctl.journal import captured as store
 from deployctl.log import log
 
 TRIGGER_SQL = resources.files("deployctl") / "sql" / "capture_triggers.sql"  # in the package: in a wheel too
@@ -319,9 +319,7 @@ def collect(app: psycopg.Connection[Any], state: psycopg.Connection[Any], releas
     stored = 0
     while True:
         slot_wal(app, slot)
-        row = state.execute("SELECT collected_to FROM deployctl.captures WHERE release_id = %s",
-                            (release_id,)).fetchone()
-        after = row[0] if row else 0
+        after = store.collected_to(state, release_id)
         # Read up to a known point: a peek that returns less than a batch has read everything
         # before it, and the slot may go there (past WAL of other databases, such as the
         # journal's own writes, which it would otherwise read again every time).
@@ -338,13 +336,7 @@ def collect(app: psycopg.Connection[Any], state: psycopg.Connection[Any], releas
         if first <= after:  # resent after a crash between storing and advancing
             messages = pgoutput.committed_after(messages, after)
         if messages:
-            with state.transaction():
-                state.execute(
-                    """INSERT INTO deployctl.wal_batches (release_id, end_lsn, start_lsn, messages)
-                       VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                    (release_id, end_lsn, first, store.pack(messages)))
-                state.execute("UPDATE deployctl.captures SET collected_to = GREATEST(collected_to, %s) "
-                              "WHERE release_id = %s", (last, release_id))
+            store.keep_batch(state, release_id, messages, first, last, end_lsn)
             stored += len(messages)
             failpoints.hit("capture", "collected")
         if count < RAW_BATCH and upto_lsn is not None:
@@ -368,20 +360,14 @@ def decode(state: psycopg.Connection[Any], release_id: int, snapshot: XidSnapsho
             # the oldest batch, so batches are decoded in order, which revisions need.
             state.execute("SELECT pg_advisory_xact_lock(hashtext('deployctl.decode'), %s::int)",
                           (release_id,))
-            with state.cursor(binary=True) as cur:
-                row = cur.execute(
-                    """SELECT end_lsn, messages FROM deployctl.wal_batches WHERE release_id = %s
-                       ORDER BY end_lsn LIMIT 1""", (release_id,)).fetchone()
-            if row is None:
+            if (oldest := store.oldest_batch(state, release_id)) is None:
                 return total
-            end_lsn, messages = row
-            rows, seen, migrated = _decoded(store.unpack(messages), snapshot,
-                                            store.current_revision(state, release_id))
+            end_lsn, messages = oldest
+            rows, seen, migrated = _decoded(messages, snapshot, store.current_revision(state, release_id))
             seen.batches = 1
             # Never resent: a batch is stored once (collected_to) and goes with its changes.
             store.record(state, release_id, rows, seen, end_lsn, migrated, resent=False)
-            state.execute("DELETE FROM deployctl.wal_batches WHERE release_id = %s AND end_lsn = %s",
-                          (release_id, end_lsn))
+            store.drop_batch(state, release_id, end_lsn)
         total.add(seen)
     return total
 

@@ -35,20 +35,18 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import set_json_loads
 
 from deployctl import progress
 from deployctl.db import constraints, fold, shapes
 from deployctl.db.capture import ORIGIN
 from deployctl.db.shapes import History
 from deployctl.errors import StepFailed
+from deployctl.journal import delta as delta_rows
 from deployctl.redact import mask_personal
 
 Policy = Literal["fail", "skip", "overwrite"]
@@ -153,31 +151,6 @@ class ReplayConflict(StepFailed):
         first = report.conflicts[0]
         super().__init__(f"{len(report.conflicts)} conflicts, nothing applied (first: {first.table} "
                          f"{first.kind} at {first.key}); use --on-conflict skip or overwrite")
-
-
-# -- reading the delta ---------------------------------------------------------------------------
-
-def changes(state: psycopg.Connection[Any], release_id: int, stored_after: int = 0,
-            table: tuple[str, str] | None = None, stored_upto: int | None = None) -> list[dict[str, Any]]:
-    """The delta in commit order (optionally only what reached the journal after `stored_after`
-    and up to `stored_upto`, only one table's)."""
-    cur = state.cursor()
-    # Every digit of a JSON number counts (trigger capture keeps numbers as JSON numbers).
-    set_json_loads(partial(json.loads, parse_float=Decimal, parse_int=Decimal), cur)
-    return cur.execute(
-        """SELECT pos, seq, xid, committed_at, schema_name, table_name, op, key, new, old, unchanged
-           FROM deployctl.changes WHERE release_id = %s AND stored > %s AND stored <= %s
-             AND (%s::text IS NULL OR (schema_name, table_name) = (%s, %s))
-           ORDER BY pos, seq""",
-        (release_id, stored_after, _upto(stored_upto), table and table[0], table and table[0],
-         table and table[1])).fetchall()
-
-
-def _upto(stored_upto: int | None) -> int:
-    return STORED_MAX if stored_upto is None else stored_upto
-
-
-STORED_MAX = (1 << 63) - 1  # `stored` is a bigserial
 
 
 @dataclass(frozen=True)
@@ -288,17 +261,8 @@ class _Table:
         # capture) of only columns the target has. Decided where the delta is, on the way.
         own = sql.SQL("({} IS NOT DISTINCT FROM {})").format(
             history.revision_sql(sql.SQL("c.pos")), sql.Literal(target_revision))
-        with _timed(stages, "copy_in"), state.cursor().copy(sql.SQL(
-                "COPY (SELECT c.pos, c.seq, c.op, c.key, c.new, c.old, c.unchanged, "
-                "COALESCE(s.json_columns, '{{}}'), {own}, {own} AND s.columns <@ {cols}::text[] IS TRUE "
-                "FROM deployctl.changes c LEFT JOIN deployctl.shapes s ON s.id = c.shape "
-                "WHERE c.release_id = {release} AND c.stored > {after} AND c.stored <= {upto} "
-                "AND c.schema_name = {schema} "
-                "AND c.table_name IN ({sources})) TO STDOUT").format(
-                    own=own, cols=sql.Literal(self.columns), release=sql.Literal(release_id),
-                    after=sql.Literal(stored[0]), upto=sql.Literal(stored[1]),
-                    schema=sql.Literal(self.schema),
-                    sources=sql.SQL(", ").join(map(sql.Literal, sources)))) as out, \
+        with _timed(stages, "copy_in"), state.cursor().copy(delta_rows.copy_out(
+                release_id, self.schema, sources, stored, own, self.columns)) as out, \
                 self.conn.cursor().copy("COPY replay_mapped (pos, seq, op, key, new, old, unchanged, "
                                         "json_columns, own, plain) FROM STDIN") as into:
             for data in out:
@@ -487,16 +451,12 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
     """Replay the delta of `release_id` (from the journal at `state`) into `target_dsn`;
     `stored_after` and `stored_upto` limit it to what reached the journal after and up to those
     points (a restore's tail; what was stored before a drain that runs beside it)."""
-    stored = (stored_after, _upto(stored_upto))
+    stored = (stored_after, delta_rows.upto(stored_upto))
     report = Report(release_id, options.dry_run)
-    counted = state.execute(
-        """SELECT schema_name, table_name, count(*) FROM deployctl.changes
-           WHERE release_id = %s AND stored > %s AND stored <= %s GROUP BY 1, 2 ORDER BY 1, 2""",
-        (release_id, *stored)).fetchall()
+    counted = delta_rows.per_source(state, release_id, stored)
     # A table's changes land in one target table, whatever it was called when they were made.
     groups: dict[tuple[str, str], dict[str, int]] = {}
-    for row in counted:
-        schema, source, count = tuple(row.values()) if isinstance(row, dict) else row
+    for (schema, source), count in counted.items():
         target = options.tables.get(source, TableMap()).target or source
         if not options.only or options.only & {source, target}:
             groups.setdefault((schema, target), {})[source] = count
@@ -507,8 +467,7 @@ def apply(state: psycopg.Connection[Any], release_id: int, target_dsn: str, opti
             with_origin = _session_setup(conn)
             revision = _revision(conn, options.history)
             with progress.watching("replay", lambda: sum(t.changes for t in report.tables.values()),
-                                   sum(row[-1] if not isinstance(row, dict) else row["count"]
-                                       for row in counted), unit="changes"):
+                                   sum(counted.values()), unit="changes"):
                 for n, ((schema, target), sources) in enumerate(sorted(groups.items())):
                     table = _one_table(conn, state, release_id, n, schema, target, sources,
                                        options, report, side_effects, stored, revision, set(groups))
@@ -574,7 +533,7 @@ def _one_table(conn: psycopg.Connection[Any], state: psycopg.Connection[Any], re
     if target in options.side_effects or options.side_effects & sources.keys():
         report.tables.setdefault(target, TableReport(target, sum(sources.values()))).side_effect = True
         for source in sources:
-            side_effects.extend(changes(state, release_id, stored[0], (schema, source), stored[1]))
+            side_effects.extend(delta_rows.changes(state, release_id, stored[0], (schema, source), stored[1]))
         return None
     shape = _target_shape(conn, schema, target)
     if shape is None:

@@ -370,6 +370,12 @@ class Journal:
                            WHERE release_id = %s AND handled_at IS NULL)
                RETURNING id, command, requested_by, requested_at""", (release_id,)).fetchone()
 
+    def requests(self, release_id: int) -> list[dict[str, Any]]:
+        """Every request left for the release, oldest first, and when each was handled."""
+        return [dict(r) for r in self.execute(
+            """SELECT command, requested_by, requested_at, handled_at FROM deployctl.controls
+               WHERE release_id = %s ORDER BY id""", (release_id,)).fetchall()]
+
     # -- events -----------------------------------------------------------------------------
 
     def event(self, release_id: int, step: str, phase: str, detail: dict[str, Any] | None = None

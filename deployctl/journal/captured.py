@@ -1,7 +1,8 @@
-"""What a drain stores in the journal: the changes it read (with the shapes they were captured
-in), the capture's counters, and the migrations it saw, all in one journal transaction per batch,
-before the slot (or capture table) lets go of them: a crash resends, never loses, and the
-journal ignores a change it already has.
+"""What a capture stores in the journal: a slot's raw messages as they are collected (one row
+per batch, decoded once, later); the changes a drain decoded or read (with the shapes they were
+captured in), the capture's counters, and the migrations it saw, all in one journal transaction
+per batch, before the slot (or capture table) lets go of them: a crash resends, never loses, and
+the journal ignores a change it already has.
 """
 
 from __future__ import annotations
@@ -55,6 +56,42 @@ def unpack(data: bytes) -> list[bytes]:
         messages.append(raw[pos + 4:pos + 4 + length])
         pos += 4 + length
     return messages
+
+
+def collected_to(state: psycopg.Connection[Any], release_id: int) -> int:
+    """The commit LSN of the last transaction stored raw: a batch resent after a crash starts
+    before it."""
+    row = state.execute("SELECT collected_to FROM deployctl.captures WHERE release_id = %s",
+                        (release_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def keep_batch(state: psycopg.Connection[Any], release_id: int, messages: list[bytes], first: int,
+               last: int, end_lsn: int) -> None:
+    """A slot's raw messages (whole transactions, commits `first`..`last`, read up to `end_lsn`),
+    stored undecoded, in one journal transaction with the capture's `collected_to`."""
+    with state.transaction():
+        state.execute(
+            """INSERT INTO deployctl.wal_batches (release_id, end_lsn, start_lsn, messages)
+               VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            (release_id, end_lsn, first, pack(messages)))
+        state.execute("UPDATE deployctl.captures SET collected_to = GREATEST(collected_to, %s) "
+                      "WHERE release_id = %s", (last, release_id))
+
+
+def oldest_batch(state: psycopg.Connection[Any], release_id: int) -> tuple[int, list[bytes]] | None:
+    """The oldest batch not yet decoded: its end LSN and its messages."""
+    with state.cursor(binary=True) as cur:
+        row = cur.execute(
+            """SELECT end_lsn, messages FROM deployctl.wal_batches WHERE release_id = %s
+               ORDER BY end_lsn LIMIT 1""", (release_id,)).fetchone()
+    return None if row is None else (int(row[0]), unpack(row[1]))
+
+
+def drop_batch(state: psycopg.Connection[Any], release_id: int, end_lsn: int) -> None:
+    """A batch decoded: its changes are stored in the same transaction."""
+    state.execute("DELETE FROM deployctl.wal_batches WHERE release_id = %s AND end_lsn = %s",
+                  (release_id, end_lsn))
 
 
 def jsonb(value: dict[str, Any] | None) -> Jsonb | None:
