@@ -608,7 +608,9 @@ class Worker(threading.Thread):
         app: psycopg.Connection[Any] | None = None
         next_report = time.monotonic() + REPORT_EVERY_S
         everything = self.mode in ("continuous", "restore")  # this round stores all the slot holds
-        while not self.stopping.wait(0 if everything and self.mode == "restore" else self.interval):
+        wait = 0.0 if self.mode == "restore" else self.interval  # a restore's first round: at once
+        while not self.stopping.wait(wait):
+            wait = self.interval
             try:
                 if app is None or app.closed:
                     app = psycopg.connect(self.app_dsn, autocommit=True)
