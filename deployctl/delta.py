@@ -203,15 +203,13 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
     # what that brings (users' writes on blue during the load) is replayed before the pause.
     with ThreadPoolExecutor(1, thread_name_prefix="deployctl-drain") as beside:
         catching_up = beside.submit(_drain_apart, pb, journal.dsn, release_id)
-        reports = [replay.apply(journal.conn, release_id, restored_dsn, opts(),
-                                stored_upto=replayed_upto)]
+        replays = [("", replay.apply(journal.conn, release_id, restored_dsn, opts(),
+                                     stored_upto=replayed_upto))]
         catching_up.result()
-    labels = [""]
     if (stored := delta_rows.last_stored(journal, release_id)) > replayed_upto:
         require_complete(journal, release_id, way_out)
-        reports.append(replay.apply(journal.conn, release_id, restored_dsn, opts(),
-                                    stored_after=replayed_upto))
-        labels.append("caught up: ")
+        replays.append(("caught up: ", replay.apply(journal.conn, release_id, restored_dsn, opts(),
+                                                    stored_after=replayed_upto)))
         replayed_upto = stored
 
     def tail(live: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -224,8 +222,8 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
 
     swapped = restore.swap(dsn, names, tail, pausing)
     if (last := swapped.pop("tail", None)) is not None:
-        reports.append(last)
-        labels.append("tail: ")
+        replays.append(("tail: ", last))
+    reports = [r for _, r in replays]
     return {
         "action": action,
         **swapped,
@@ -233,7 +231,7 @@ def restore_with_replay(journal: Journal, pb: Playbook, release_id: int, snapsho
         "conflicts": sum(len(r.conflicts) for r in reports),
         "side_effect_rows": sum(r.side_effect_rows for r in reports),
         "reconciliation": next((r.reconciliation for r in reports if r.reconciliation), None),
-        "summary": "; ".join(label + r.summary() for label, r in zip(labels, reports, strict=True)),
+        "summary": "; ".join(label + r.summary() for label, r in replays),
         "conflict_list": conflict_list(reports),
     }
 
